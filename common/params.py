@@ -1,0 +1,66 @@
+"""Public restoration parameters (``RestoreParams``): validated once at the API, stored in the job document.
+
+The worker maps them onto ``model.pipeline.RestoreOptions`` (same names; ``output_format`` and
+``callback_url`` are service concerns and do not reach the model). Bounds keep one request from monopolising
+a GPU (``steps``) or the text encoder (prompt lengths).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_NEGATIVE_PROMPT = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+MAX_PROMPT_CHARS = 500
+MAX_SEED = 2**32 - 1
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class RestoreParams(BaseModel):
+    """What the client may choose; every field has a default so an image alone is a valid request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Literal["sr", "face", "denoise"] = Field(
+        "sr", description="sr: blind super-resolution; face: face restoration; denoise: blind denoising."
+    )
+    upscale: float = Field(4.0, ge=1.0, le=8.0, description="Output size / input size.")
+    fidelity: float = Field(
+        0.5, ge=0.0, le=1.0, description="0 = most generative (no guidance) .. 1 = closest to the input."
+    )
+    steps: int = Field(50, ge=1, le=100, description="Sampler steps.")
+    sampler: Literal["spaced", "ddim", "dpmpp"] = "spaced"
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Fixed seed for reproducible output.")
+    cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
+    color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
+    output_format: OutputFormat = "png"
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS)
+    callback_url: str | None = Field(
+        None, max_length=2048, description="http(s) URL notified (signed) when the job finishes."
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Full SSRF checks (resolved addresses, allow-list) live in common.webhooks at submit time;
+        # here we only refuse what can never be a webhook target.
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("callback_url must be an http(s) URL")
+        return value
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.output_format]
+
+    def output_pixels(self, width: int, height: int) -> int:
+        return round(width * self.upscale) * round(height * self.upscale)
+
+    def model_options(self) -> dict[str, object]:
+        """Keyword arguments for ``model.pipeline.RestoreOptions`` (kept here so both sides agree)."""
+        return self.model_dump(exclude={"output_format", "callback_url"})

@@ -1,0 +1,76 @@
+"""The Celery app for the *send* side (no torch): the API enqueues ``diffbir.restore(job_id)`` on ``gpu``.
+
+The worker builds its app with ``make_celery(settings)`` too and registers the task on it, so both sides share
+one broker configuration: late acks + reject on worker loss (a crashed worker's job is redelivered, not lost),
+prefetch 1 (a GPU worker never hoards jobs) and a visibility timeout longer than the hard time limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery
+
+from common.settings import Settings
+
+# kombu's Redis transport keeps one list per priority step: the queue name for priority 0 and
+# "{queue}\x06\x16{priority}" for the others (kombu.transport.redis.QoS / Channel._q_for_pri).
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("diffbir", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_routes={settings.task_name: {"queue": settings.queue_name}},
+        task_default_queue=settings.queue_name,
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,  # results live in the job record, not in Celery
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_hard_time_limit_s,
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_socket_timeout_s,
+        },
+        broker_connection_timeout=settings.redis_socket_timeout_s,
+        broker_connection_retry_on_startup=True,
+        # Fail a submission quickly when Redis is down (the API answers 503) instead of blocking the request.
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+    )
+    return app
+
+
+def enqueue_restore(app: Celery, settings: Settings, job_id: str) -> Any:
+    return app.send_task(settings.task_name, args=[job_id], queue=settings.queue_name)
+
+
+def queue_lists(queue_name: str) -> list[str]:
+    return [queue_name] + [f"{queue_name}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS if p]
+
+
+def queue_depth(client: redis.Redis, queue_name: str = "gpu") -> int:
+    """Messages waiting in the broker for ``queue_name`` (not counting ones a worker has reserved)."""
+    with client.pipeline(transaction=False) as pipe:
+        for name in queue_lists(queue_name):
+            pipe.llen(name)
+        return int(sum(pipe.execute()))
+
+
+async def queue_depth_async(client: Any, queue_name: str = "gpu") -> int:
+    async with client.pipeline(transaction=False) as pipe:
+        for name in queue_lists(queue_name):
+            pipe.llen(name)
+        return int(sum(await pipe.execute()))

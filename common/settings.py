@@ -1,0 +1,100 @@
+"""One settings object, read from the environment (prefix ``DIFFBIR_``) in one place.
+
+Lists (``api_keys``, ``webhook_allow_hosts``) are given as JSON in the environment, e.g.
+``DIFFBIR_API_KEYS='["k1","k2"]'``. Secrets are ``SecretStr`` so they never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFBIR_", extra="ignore", frozen=True)
+
+    # --- Redis (job records, idempotency, heartbeats, Celery broker) ---
+    redis_url: str = "redis://localhost:6379/0"
+    redis_socket_timeout_s: float = Field(2.0, gt=0, description="Fail fast so a dead Redis becomes a 503.")
+
+    # --- Blob storage ---
+    storage_backend: Literal["redis", "s3"] = "redis"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "diffbir"
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint written into presigned URLs when clients reach S3 by another address."
+    )
+    s3_create_bucket: bool = False
+    presign_ttl_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
+
+    # --- API ---
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Empty list = authentication off.")
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `python -m service`.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_input_pixels: int = Field(4096 * 4096, ge=1)
+    max_output_pixels: int = Field(8192 * 8192, ge=1)
+    submit_full_decode: bool = Field(
+        False,
+        description="Decode every pixel at submit (slower); by default the API checks headers and structure "
+        "and the worker finds corrupt-but-complete data (the job fails with bad_input).",
+    )
+    job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    max_queue_depth: int = Field(1000, ge=0, description="Submissions get 429 when the queue is deeper.")
+    retry_after_seconds: int = Field(30, ge=1)
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=1)
+    worker_heartbeat_max_age_s: float = Field(60.0, gt=0, description="/readyz needs a heartbeat this fresh.")
+
+    # --- Webhooks ---
+    webhook_secret: SecretStr | None = None
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list, description="Hostnames allowed as callback targets; empty = any public host."
+    )
+    webhook_allow_private: bool = Field(False, description="Allow loopback/private targets (tests only).")
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_retries: int = Field(5, ge=0)
+    webhook_backoff_s: float = Field(1.0, ge=0)
+
+    # --- Queue (send side and worker share these) ---
+    queue_name: str = "gpu"
+    task_name: str = "diffbir.restore"
+    broker_visibility_timeout_s: int = Field(3600, ge=1, description="Must exceed the task hard time limit.")
+
+    # --- Worker ---
+    worker_preset: Literal["full", "tiny"] = "full"
+    worker_version: str = "v2"
+    weights_dir: str = "weights"
+    worker_device: str = "cuda"
+    worker_precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+    worker_heartbeat_interval_s: float = Field(10.0, gt=0)
+    task_soft_time_limit_s: int = Field(600, ge=1)
+    task_hard_time_limit_s: int = Field(660, ge=1)
+    batch_max_size: int = Field(1, ge=1)
+    batch_max_wait_s: float = Field(0.05, ge=0)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError("task_hard_time_limit_s must be greater than task_soft_time_limit_s")
+        if self.broker_visibility_timeout_s <= self.task_hard_time_limit_s:
+            # Otherwise Redis redelivers a task that is still running (acks_late) and it runs twice.
+            raise ValueError("broker_visibility_timeout_s must be greater than task_hard_time_limit_s")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests build their own ``Settings(...)`` instead of mutating this one."""
+    return Settings()

@@ -1,0 +1,117 @@
+"""The one place where errors become ``application/problem+json`` (RFC 9457) responses.
+
+Backing-service outages (Redis, the Celery broker, S3) become 503 with Retry-After instead of 500, so clients
+and load balancers retry; the clients reconnect by themselves once the service is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.exceptions
+from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import ServiceError, ServiceUnavailableError, UnprocessableError
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str = "",
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:diffbir:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def from_service_error(exc: ServiceError, request: Request) -> JSONResponse:
+    return problem_response(
+        exc.status,
+        exc.code,
+        exc.title,
+        exc.detail,
+        instance=request.url.path,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return from_service_error(exc, request)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return from_service_error(UnprocessableError("request validation failed", errors=errors), request)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "http_error")
+    return problem_response(
+        exc.status_code,
+        code,
+        code.replace("_", " ").capitalize(),
+        str(exc.detail),
+        instance=request.url.path,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _backend_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("backing service unavailable on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+    return from_service_error(ServiceUnavailableError(f"{_backend_name(exc)} is unavailable"), request)
+
+
+def _backend_name(exc: Exception) -> str:
+    if isinstance(exc, redis.exceptions.RedisError):
+        return "the job store (Redis)"
+    if isinstance(exc, BrokerError):
+        return "the job queue"
+    return "object storage"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for exc_type in (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.BusyLoadingError,
+        BrokerError,
+        BotoCoreError,
+    ):
+        app.add_exception_handler(exc_type, _backend_down)
+    app.add_exception_handler(ClientError, _s3_client_error)
+
+
+async def _s3_client_error(request: Request, exc: Exception) -> JSONResponse:
+    # S3 refusing us (credentials, missing bucket) is our misconfiguration: report it as unavailable, log it.
+    log.error("object storage error on %s: %s", request.url.path, exc)
+    return from_service_error(ServiceUnavailableError("object storage refused the request"), request)

@@ -1,0 +1,163 @@
+"""HTTP routes: parse, call, shape the answer. The work happens in ``service.submit`` and ``common``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from common.blobstore import BlobNotFoundError, result_key
+from common.errors import JobNotFinishedError, NotFoundError, ServiceUnavailableError, UnprocessableError
+from common.jobs import Job, JobStatus, is_valid_job_id
+from common.params import RestoreParams
+from common.queue import queue_depth_async
+from service import openapi_docs as docs
+from service.app_state import Services
+from service.auth import caller_of, same_owner
+from service.submit import backpressure_error, submit
+from service.uploads import read_upload
+
+log = logging.getLogger(__name__)
+# Authentication is called inline (caller_of) rather than as a FastAPI dependency: dependency resolution
+# costs about as much as the rest of the status route, the API's hottest. tests/service/test_api.py checks
+# that every /v1 route refuses a missing key.
+api = APIRouter(prefix="/v1", tags=["jobs"])
+ops = APIRouter(tags=["operations"])
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def load_job(services: Services, job_id: str, owner: str) -> Job:
+    """The caller's job, or 404 (also for another owner's job, so ids cannot be probed)."""
+    raw = await services.ajobs.get_raw(job_id) if is_valid_job_id(job_id) else None
+    if raw is None:
+        raise NotFoundError(f"no job {job_id!r}")
+    job = Job.model_validate_json(raw)
+    if not same_owner(job.owner, owner):
+        raise NotFoundError(f"no job {job_id!r}")
+    return job
+
+
+def job_response(job: Job, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = job.model_dump_json(exclude={"owner"})
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def parse_params(fields: dict[str, str]) -> RestoreParams:
+    try:
+        return RestoreParams.model_validate(fields)
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise UnprocessableError("invalid restoration parameters", errors=errors) from exc
+
+
+@api.post("/restore", status_code=202, summary="Submit an image for restoration", **docs.SUBMIT)
+async def restore(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    services = services_of(request)
+    owner = caller_of(request)
+    if idempotency_key is None:
+        # Refuse before reading the upload. With a key, a retry of an accepted request must still get its
+        # job back when the queue is full, so submit() checks the depth after the idempotency lookup.
+        depth = await queue_depth_async(services.aredis, services.settings.queue_name)
+        if (too_many := backpressure_error(services, depth)) is not None:
+            raise too_many
+    upload = await read_upload(request, services.settings.max_upload_bytes)
+    params = parse_params(upload.fields)
+    submission = await run_in_threadpool(submit, services, owner, upload.image, params, idempotency_key)
+    headers = {"Location": f"/v1/jobs/{submission.job.id}"}
+    if submission.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return job_response(submission.job, 202, headers)
+
+
+@api.get("/jobs/{job_id}", summary="Job status and progress", **docs.GET_JOB)
+async def get_job(job_id: str, request: Request) -> Response:
+    return job_response(await load_job(services_of(request), job_id, caller_of(request)))
+
+
+@api.get("/jobs/{job_id}/result", summary="The restored image", **docs.GET_RESULT)
+async def get_result(job_id: str, request: Request) -> Response:
+    services = services_of(request)
+    job = await load_job(services, job_id, caller_of(request))
+    if job.status is not JobStatus.succeeded or job.result is None:
+        raise JobNotFinishedError(f"job {job_id} is {job.status}", job_status=str(job.status))
+    key = result_key(job.id, job.params.output_format)
+    url = services.blobs.presigned_url(key, services.settings.presign_ttl_seconds)  # local signing, no I/O
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    try:
+        data = await run_in_threadpool(services.blobs.get, key)
+    except BlobNotFoundError as exc:
+        raise NotFoundError(f"the result of job {job_id} has expired") from exc
+    filename = f"{job.id}.{job.params.output_format}"
+    return Response(
+        data,
+        media_type=job.result.content_type,
+        headers={
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "Cache-Control": "private, max-age=300",
+        },
+    )
+
+
+async def _cancel(request: Request, job_id: str) -> Response:
+    services = services_of(request)
+    await load_job(services, job_id, caller_of(request))  # ownership first: never act on someone else's job
+    job = await run_in_threadpool(services.jobs.request_cancel, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r}")
+    # 200: canceled now; 202: running, the worker stops at its next step.
+    return job_response(job, 200 if job.status is JobStatus.canceled else 202)
+
+
+@api.post("/jobs/{job_id}/cancel", summary="Cancel a job", **docs.CANCEL)
+async def cancel_job(job_id: str, request: Request) -> Response:
+    return await _cancel(request, job_id)
+
+
+@api.delete("/jobs/{job_id}", summary="Cancel a job (same as POST .../cancel)", **docs.CANCEL)
+async def delete_job(job_id: str, request: Request) -> Response:
+    return await _cancel(request, job_id)
+
+
+@ops.get("/healthz", summary="Liveness: the process serves requests")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops.get("/readyz", summary="Readiness: Redis answers and a worker sent a heartbeat recently", **docs.READYZ)
+async def readyz(request: Request) -> Response:
+    services = services_of(request)
+    max_age = services.settings.worker_heartbeat_max_age_s
+    await services.aredis.ping()
+    latest = await services.ajobs.latest_heartbeat()
+    age = None if latest is None else max(0.0, time.time() - latest)
+    if age is None or age > max_age:
+        seen = "no worker heartbeat yet" if age is None else f"last worker heartbeat {age:.0f}s ago"
+        raise ServiceUnavailableError(f"{seen} (need one within {max_age:.0f}s)", redis="ok")
+    body: dict[str, Any] = {"status": "ready", "redis": "ok", "worker_heartbeat_age_s": round(age, 3)}
+    return JSONResponse(body)
+
+
+@ops.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+async def metrics(request: Request) -> Response:
+    services = services_of(request)
+    try:
+        services.metrics.queue_depth.set(
+            await queue_depth_async(services.aredis, services.settings.queue_name)
+        )
+    except RedisError as exc:  # Redis down: still serve the HTTP metrics; the gauge keeps its last value
+        log.warning("queue depth unavailable for /metrics: %s", exc)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

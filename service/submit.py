@@ -1,0 +1,131 @@
+"""A submission's lifecycle on the API side: validate -> store input -> record job -> enqueue.
+
+Runs in the thread pool (Pillow, boto3 and the Celery producer are blocking). Ordering matters: the job record
+exists before the message is published (the worker must find it), and a failure after claiming an
+Idempotency-Key releases the claim so the client can retry with the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from common import imaging
+from common.blobstore import input_key
+from common.errors import (
+    IdempotencyInProgressError,
+    IdempotencyKeyReusedError,
+    ImageTooLargeError,
+    TooManyRequestsError,
+    UnprocessableError,
+)
+from common.jobs import ErrorCode, IdempotencyRecord, InputInfo, Job, new_job_id, utcnow
+from common.params import RestoreParams
+from common.queue import enqueue_restore, queue_depth
+from common.webhooks import WebhookURLError, validate_callback_url
+from service.app_state import Services
+
+_INPUT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    replayed: bool  # True: an earlier request with the same Idempotency-Key created this job
+
+
+def fingerprint(image: bytes, params: RestoreParams) -> str:
+    """Identity of a request body, to tell a retry from a different request reusing an Idempotency-Key."""
+    digest = hashlib.sha256(image)
+    digest.update(b"\x00" + params.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+def backpressure_error(services: Services, depth: int) -> TooManyRequestsError | None:
+    """429 when the broker queue is already as deep as allowed (checked before the upload is even read)."""
+    settings = services.settings
+    if depth < settings.max_queue_depth:
+        return None
+    services.metrics.rejected.labels("queue_full").inc()
+    return TooManyRequestsError(
+        f"{depth} jobs are waiting (limit {settings.max_queue_depth})",
+        retry_after_s=settings.retry_after_seconds,
+    )
+
+
+def validate(services: Services, image: bytes, params: RestoreParams) -> imaging.ImageInfo:
+    settings = services.settings
+    info = imaging.probe(image, settings.max_input_pixels, decode=settings.submit_full_decode)
+    out_pixels = params.output_pixels(info.width, info.height)
+    if out_pixels > settings.max_output_pixels:
+        raise ImageTooLargeError(
+            f"upscale {params.upscale} of {info.width}x{info.height} gives {out_pixels} pixels, "
+            f"more than the limit of {settings.max_output_pixels}"
+        )
+    if params.callback_url:
+        try:
+            validate_callback_url(
+                params.callback_url,
+                settings.webhook_allow_hosts,
+                allow_private=settings.webhook_allow_private,
+            )
+        except WebhookURLError as exc:
+            raise UnprocessableError(str(exc), errors=[{"loc": ["callback_url"], "msg": str(exc)}]) from exc
+    return info
+
+
+def submit(
+    services: Services, owner: str, image: bytes, params: RestoreParams, idempotency_key: str | None
+) -> Submission:
+    """Validate, store and enqueue one upload (or return the job an earlier request with the same key made).
+
+    Without an Idempotency-Key the caller has already checked the queue depth (before reading the body)."""
+    info = validate(services, image, params)
+    job = Job(
+        id=new_job_id(),
+        params=params,
+        input=InputInfo(
+            width=info.width,
+            height=info.height,
+            format=info.format,
+            bytes=info.bytes,
+            conversions=info.conversions,
+        ),
+        created_at=utcnow(),
+        owner=owner,
+    )
+    if idempotency_key is not None:
+        record = IdempotencyRecord(job_id=job.id, fingerprint=fingerprint(image, params))
+        earlier = services.jobs.claim_idempotency(owner, idempotency_key, record)
+        if earlier is not None:
+            return _replay(services, earlier, record)
+        depth = queue_depth(services.redis, services.settings.queue_name)
+        if (too_many := backpressure_error(services, depth)) is not None:
+            services.jobs.release_idempotency(owner, idempotency_key, job.id)
+            raise too_many
+    try:
+        services.blobs.put(input_key(job.id), image, _INPUT_CONTENT_TYPES[info.format])
+        services.jobs.create(job)
+    except BaseException:
+        if idempotency_key is not None:
+            services.jobs.release_idempotency(owner, idempotency_key, job.id)
+        raise
+    try:
+        enqueue_restore(services.celery, services.settings, job.id)
+    except BaseException:
+        # The record exists but no worker will ever see it: fail it so pollers get an answer.
+        services.jobs.fail(job.id, ErrorCode.internal, "the job could not be enqueued")
+        if idempotency_key is not None:
+            services.jobs.release_idempotency(owner, idempotency_key, job.id)
+        raise
+    services.metrics.jobs_submitted.labels(params.task).inc()
+    return Submission(job=job, replayed=False)
+
+
+def _replay(services: Services, earlier: IdempotencyRecord, current: IdempotencyRecord) -> Submission:
+    if earlier.fingerprint != current.fingerprint:
+        raise IdempotencyKeyReusedError("this Idempotency-Key was used with a different image or parameters")
+    job = services.jobs.get(earlier.job_id)
+    if job is None:  # the first request is still storing its input (or failed and will release the key)
+        raise IdempotencyInProgressError(headers={"Retry-After": "1"})
+    return Submission(job=job, replayed=True)

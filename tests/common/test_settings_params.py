@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from common.params import DEFAULT_NEGATIVE_PROMPT, RestoreParams
+from common.settings import Settings
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFBIR_API_KEYS", '["secret-one", "secret-two"]')
+    monkeypatch.setenv("DIFFBIR_MAX_QUEUE_DEPTH", "7")
+    monkeypatch.setenv("DIFFBIR_STORAGE_BACKEND", "s3")
+    settings = Settings()
+    assert settings.auth_enabled and settings.max_queue_depth == 7 and settings.storage_backend == "s3"
+    assert [k.get_secret_value() for k in settings.api_keys] == ["secret-one", "secret-two"]
+    assert "secret-one" not in repr(settings) and "secret-one" not in str(settings.model_dump())
+
+
+def test_settings_reject_bad_values() -> None:
+    with pytest.raises(ValidationError):
+        Settings(storage_backend="ftp")
+    with pytest.raises(ValidationError, match="hard_time_limit"):
+        Settings(task_soft_time_limit_s=100, task_hard_time_limit_s=100)
+
+
+def test_params_defaults_and_model_options() -> None:
+    params = RestoreParams()
+    assert (params.task, params.upscale, params.fidelity, params.steps, params.sampler) == (
+        "sr",
+        4.0,
+        0.5,
+        50,
+        "spaced",
+    )
+    assert params.negative_prompt == DEFAULT_NEGATIVE_PROMPT and params.content_type == "image/png"
+    options = params.model_options()
+    assert "output_format" not in options and "callback_url" not in options and options["cfg_scale"] == 4.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"fidelity": 1.5},
+        {"upscale": 0.5},
+        {"upscale": 9},
+        {"steps": 0},
+        {"steps": 101},
+        {"seed": -1},
+        {"seed": 2**32},
+        {"sampler": "euler"},
+        {"task": "colorize"},
+        {"output_format": "gif"},
+        {"prompt": "x" * 501},
+        {"callback_url": "ftp://example.com/x"},
+        {"unknown": 1},
+    ],
+)
+def test_params_bounds(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        RestoreParams.model_validate(bad)
+
+
+def test_params_from_form_strings() -> None:
+    params = RestoreParams.model_validate({"upscale": "2", "seed": "4294967295", "steps": "10"})
+    assert (params.upscale, params.seed, params.steps) == (2.0, 2**32 - 1, 10)
+    assert params.output_pixels(10, 5) == 20 * 10
