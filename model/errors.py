@@ -27,14 +27,16 @@ class CanceledError(ModelError):
 class WeightsMissingError(ModelError, FileNotFoundError):
     """Weight files needed by the requested version/task are not on disk."""
 
-    def __init__(self, missing: Sequence[str], weights_dir: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self, missing: Sequence[str], weights_dir: str | None = None, hint: str | None = None
+    ) -> None:
         self.missing = list(missing)
         self.weights_dir = weights_dir
         self.hint = hint
         where = f" in {weights_dir}" if weights_dir else ""
         lines = [f"{len(self.missing)} weight file(s) missing{where}:"]
         lines += [f"  - {name}" for name in self.missing]
-        lines.append(hint or "Download them with: python -m model download " + " ".join(self.missing))
+        lines.append(hint or "Download them with: python -m model download --version <v1|v2|v2.1>")
         super().__init__("\n".join(lines))
 
 

@@ -1,9 +1,9 @@
 """Sliding-window tiling with gaussian blending, exactly as the DiffBIR reference does it.
 
-The reference's numbers depend on two quirks reproduced here on purpose: windows every `stride` plus one last
-window flush with the edge (only when the stride does not land on it), and a gaussian weight map whose x centre
-is (n-1)/2 while its y centre is n/2 (so the map is not symmetric). Both are hand-written because no library
-implements these exact quirks.
+The reference's numbers depend on two quirks reproduced here on purpose: windows every `stride` plus one
+last window flush with the edge (only when the stride does not land on it), and a gaussian weight map whose
+x centre is (n-1)/2 while its y centre is n/2 (so the map is not symmetric). Both are hand-written because
+no library implements these exact quirks.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def tile_coords(h: int, w: int, tile: int, stride: int) -> list[Coords]:
 
 
 def gaussian_weights(tile_width: int, tile_height: int) -> np.ndarray:
-    """[tile_height, tile_width] float64 weight map (var 0.01; x centre (n-1)/2, y centre n/2 as the reference)."""
+    """[tile_height, tile_width] float64 weights (var 0.01; x centre (n-1)/2, y centre n/2)."""
 
     def probs(n: int, midpoint: float) -> np.ndarray:
         x = np.arange(n, dtype=np.float64)
@@ -59,7 +59,7 @@ def gaussian_weights(tile_width: int, tile_height: int) -> np.ndarray:
 def window_weights(
     height: int, width: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """`gaussian_weights` as a [1,1,h,w] tensor (float64 values rounded once to `dtype`, like the reference)."""
+    """`gaussian_weights` as a [1,1,h,w] tensor (float64 values rounded once to `dtype`, as the reference)."""
     return torch.tensor(gaussian_weights(width, height)[None, None], dtype=dtype, device=device)
 
 
@@ -73,8 +73,8 @@ def tiled_apply(
 ) -> torch.Tensor:
     """Run `fn` on overlapping `tile` x `tile` windows of `x` [B,C,H,W] and blend with gaussian weights.
 
-    `fn` maps a [B,C,t,t] window to [B,C',t*scale,t*scale]. Sums are kept in float32 (as the reference does for
-    fp32 inputs) so fp16/bf16 inputs do not lose precision while blending; the result has `x`'s dtype.
+    `fn` maps a [B,C,t,t] window to [B,C',t*scale,t*scale]. Sums are kept in float32 (as the reference does
+    for fp32 inputs) so fp16/bf16 inputs do not lose precision while blending; the result has `x`'s dtype.
     `progress(done, total)` is called after each window.
     """
     if x.ndim != 4:
@@ -88,7 +88,7 @@ def tiled_apply(
         y = fn(x[..., hi:hi_end, wi:wi_end])
         oh, ow = (hi_end - hi) * scale, (wi_end - wi) * scale
         if tuple(y.shape[-2:]) != (oh, ow):
-            raise InvalidInputError(f"tile function returned {tuple(y.shape)}, expected spatial size {(oh, ow)}")
+            raise InvalidInputError(f"tile function returned {tuple(y.shape)}, expected spatial {(oh, ow)}")
         if out is None:
             out = torch.zeros((b, y.shape[1], h * scale, w * scale), dtype=torch.float32, device=x.device)
         weights = weights_cache.get((oh, ow))
