@@ -1,0 +1,104 @@
+"""The SD KL autoencoder (diffusers `AutoencoderKL`) with the reference's latent conventions.
+
+`encode` returns latents already multiplied by the scale factor (0.18215) and `decode` divides first, so the
+rest of the model only ever sees scaled latents. The condition latent uses the posterior MODE (mean);
+`sample=True` draws with `torch.randn` (through diffusers' `randn_tensor`), which is what the reference's
+noise replay stubs. Tiled variants blend overlapping windows with `model/tiling.py`'s gaussian weights, so big
+images fit in memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from torch import nn
+
+from model.config import LATENT_SCALE_FACTOR
+from model.errors import InvalidInputError
+from model.tiling import tile_coords, tiled_apply, window_weights
+
+
+class VAE(nn.Module):
+    """Image [-1,1] <-> scaled latent, plain or tiled."""
+
+    def __init__(self, autoencoder: AutoencoderKL, scale_factor: float = LATENT_SCALE_FACTOR) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.scale_factor = scale_factor
+        # Pixels per latent cell (8 for SD).
+        self.downscale = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+
+    def posterior(self, img: torch.Tensor) -> DiagonalGaussianDistribution:
+        """Posterior over UNSCALED latents: `.parameters` (moments), `.mean`, `.logvar` (clamped [-30,20]),
+        `.std`."""
+        return self.autoencoder.encode(img.to(self.dtype)).latent_dist
+
+    def encode(
+        self, img: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """img [B,3,H,W] in [-1,1] -> latent*scale [B,4,H/8,W/8]; mode (mean) unless `sample`."""
+        self._check_divisible(img, "encode")
+        return self._latent(self.posterior(img), sample, generator)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image, about [-1,1] (not clamped, as the reference)."""
+        return self.autoencoder.decode(z.to(self.dtype) / self.scale_factor).sample
+
+    def encode_tiled(
+        self,
+        img: torch.Tensor,
+        tile: int = 512,
+        stride: int = 384,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """`encode` on overlapping `tile`-pixel windows; the posterior moments are blended, then mode/sample
+        once.
+
+        Hand-written rather than `tiled_apply` because the output is 8x SMALLER than the input (tiled_apply
+        scales up). Blending moments (not samples) keeps one noise draw per latent cell like the untiled path.
+        """
+        self._check_divisible(img, "encode_tiled")
+        d = self.downscale
+        if tile % d or stride % d:
+            raise InvalidInputError(f"tile ({tile}) and stride ({stride}) must be multiples of {d}")
+        b, _, h, w = img.shape
+        moments: torch.Tensor | None = None
+        weight_sum = torch.zeros((1, 1, h // d, w // d), dtype=torch.float32, device=img.device)
+        for hi, hi_end, wi, wi_end in tile_coords(h, w, tile, stride):
+            part = self.posterior(img[..., hi:hi_end, wi:wi_end]).parameters.float()
+            if moments is None:
+                moments = torch.zeros(
+                    (b, part.shape[1], h // d, w // d), dtype=torch.float32, device=img.device
+                )
+            weights = window_weights(part.shape[-2], part.shape[-1], device=img.device)
+            region = (..., slice(hi // d, hi_end // d), slice(wi // d, wi_end // d))
+            moments[region] += part * weights
+            weight_sum[region] += weights
+        assert moments is not None  # tile_coords yields at least one window
+        posterior = DiagonalGaussianDistribution((moments / weight_sum).to(self.dtype))
+        return self._latent(posterior, sample, generator)
+
+    def decode_tiled(self, z: torch.Tensor, tile: int = 64, stride: int = 48) -> torch.Tensor:
+        """`decode` on overlapping `tile`-latent windows, gaussian-blended in pixel space."""
+        return tiled_apply(self.decode, z, tile, stride, scale=self.downscale)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.autoencoder.dtype
+
+    def _latent(
+        self, posterior: DiagonalGaussianDistribution, sample: bool, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        z = posterior.sample(generator=generator) if sample else posterior.mode()
+        return z * self.scale_factor
+
+    def _check_divisible(self, img: torch.Tensor, what: str) -> None:
+        if img.ndim != 4 or img.shape[1] != 3:
+            raise InvalidInputError(f"{what}: expected an image [B,3,H,W], got {tuple(img.shape)}")
+        if img.shape[-2] % self.downscale or img.shape[-1] % self.downscale:
+            raise InvalidInputError(
+                f"{what}: image size {tuple(img.shape[-2:])} must be a multiple of {self.downscale} "
+                "(pad first)"
+            )
