@@ -1,0 +1,66 @@
+"""Heartbeats in the workers zset, and the worker's own Prometheus endpoint."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import redis
+
+from common.jobs import WORKERS_KEY, JobStore
+from common.settings import Settings
+from tests.conftest import free_port
+from worker.heartbeat import Heartbeat
+from worker.metrics import WorkerMetrics
+
+
+def test_heartbeat_registers_survives_housekeeping_errors_and_deregisters(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    calls: list[float] = []
+
+    def flaky_housekeeping() -> None:
+        calls.append(time.time())
+        raise RuntimeError("broker away")
+
+    beat = Heartbeat(
+        JobStore(redis_client, Settings(redis_url=redis_url)), "w-hb", 0.05, on_beat=flaky_housekeeping
+    )
+    beat.start()
+    try:
+        first = redis_client.zscore(WORKERS_KEY, "w-hb")
+        assert first is not None
+        deadline = time.monotonic() + 5
+        while (redis_client.zscore(WORKERS_KEY, "w-hb") or 0) <= first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (redis_client.zscore(WORKERS_KEY, "w-hb") or 0) > first  # kept beating despite the errors
+        assert len(calls) >= 2
+    finally:
+        beat.stop()
+    assert redis_client.zscore(WORKERS_KEY, "w-hb") is None
+
+
+def test_metrics_endpoint_serves_worker_metrics() -> None:
+    metrics = WorkerMetrics()
+    metrics.jobs.labels(status="failed", reason="timeout").inc()
+    metrics.observe_stages({"decode": 0.01, "sampler": 95.0, "encode_output": 0.02, "ignored": 1.0})
+    metrics.sampler_step.observe(0.12)
+    metrics.model_load.set(12.5)
+    port = free_port()
+    assert metrics.serve(port, "127.0.0.1")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'diffbir_worker_jobs_total{reason="timeout",status="failed"} 1.0' in text
+    assert 'diffbir_worker_stage_duration_seconds_count{stage="sampler"} 1.0' in text
+    assert 'stage="ignored"' not in text
+    assert 'diffbir_worker_sampler_duration_seconds_bucket{le="1800.0"} 1.0' in text  # buckets reach minutes
+    assert "diffbir_worker_model_load_seconds 12.5" in text
+    assert "diffbir_worker_queue_wait_seconds_bucket" in text
+
+
+def test_metrics_port_clash_does_not_raise() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert WorkerMetrics().serve(sock.getsockname()[1], "127.0.0.1") is False
+    assert WorkerMetrics().serve(0) is False

@@ -1,0 +1,46 @@
+"""``python -m worker [extra celery worker args]``: one Celery worker process for one GPU.
+
+Runs the solo pool with concurrency 1 on queue ``gpu`` (one process owns one model copy; scale out with more
+processes/containers, each given its own GPU via CUDA_VISIBLE_DEVICES). Gossip and mingle are off: workers
+do not need to know each other, and they slow down start-up and add broker traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from worker.config import get_worker_settings
+
+
+def worker_argv(extra: list[str]) -> list[str]:
+    settings = get_worker_settings()
+    node = re.sub(r"[^A-Za-z0-9_.-]", "-", settings.worker_id)
+    return [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={settings.queue_name}",
+        f"--hostname=diffbir-{node}@%h",
+        f"--loglevel={os.environ.get('DIFFBIR_LOG_LEVEL', 'INFO')}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        *extra,
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=os.environ.get("DIFFBIR_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    from worker.celery_app import app
+
+    app.worker_main(worker_argv(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Worker-only knobs layered on the shared ``common.settings.Settings`` (same ``DIFFBIR_`` environment).
+
+Why a subclass: these settings mean nothing to the API, but reading them through the same pydantic-settings
+class keeps one source of truth for parsing and validation of the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+
+from common.settings import Settings
+
+
+class WorkerSettings(Settings):
+    worker_id: str = Field("", description="Heartbeat identity; default '<hostname>:<pid>'.")
+    worker_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus endpoint; 0 = off.")
+    worker_metrics_addr: str = "0.0.0.0"
+    worker_max_attempts: int = Field(
+        3, ge=1, description="Deliveries of one job before it ends failed/worker_lost (a crash loop stops)."
+    )
+    worker_transient_retries: int = Field(
+        5, ge=0, description="Retries of one Redis/S3 call on connection errors."
+    )
+    worker_transient_backoff_s: float = Field(0.5, ge=0)
+    worker_progress_interval_s: float = Field(
+        0.2, gt=0, description="Min seconds between progress writes and cancel-flag reads (<= 5/s)."
+    )
+    worker_webhook_threads: int = Field(2, ge=1, description="Background threads delivering webhooks.")
+    broker_restore_interval_s: int = Field(
+        10, ge=1, description="How often kombu looks for unacked messages past the visibility timeout."
+    )
+
+    @model_validator(mode="after")
+    def _default_worker_id(self) -> WorkerSettings:
+        if not self.worker_id:
+            # Settings is frozen; this runs during validation, before the freeze applies to callers.
+            object.__setattr__(self, "worker_id", f"{socket.gethostname()}:{os.getpid()}")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
