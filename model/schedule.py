@@ -167,8 +167,10 @@ def respace(training_alphas_cumprod: np.ndarray, steps: int) -> SpacedSchedule:
         sqrt_recip = np.sqrt(1.0 / alphas_cumprod)
         sqrt_recipm1 = np.sqrt(1.0 / alphas_cumprod - 1.0)
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        # The variance at index 0 is 0; the reference clips the log by reusing entry [1].
-        log_variance = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
+        # The variance at index 0 is 0; the reference clips the log by reusing entry [1]. A 1-step schedule
+        # has no entry [1]: its only step is index 0, whose noise is masked off, so log(0) = -inf is harmless.
+        first = posterior_variance[1] if len(posterior_variance) > 1 else posterior_variance[0]
+        log_variance = np.log(np.append(first, posterior_variance[1:]))
     coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
     coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
     return SpacedSchedule(

@@ -77,3 +77,10 @@ def test_q_sample() -> None:
 def test_zero_snr_requires_v() -> None:
     with pytest.raises(InvalidInputError):
         make_diffusion(zero_snr=True, parameterization="eps")
+
+
+def test_one_step_schedule_is_usable() -> None:
+    # The API accepts steps=1; its only step is index 0, whose noise is masked, so no entry [1] is needed.
+    spaced = make_diffusion().respace(1)
+    assert len(spaced.timesteps) == 1
+    assert np.isfinite(spaced.posterior_mean_coef1).all() and np.isfinite(spaced.posterior_mean_coef2).all()
