@@ -1,0 +1,180 @@
+"""Command line: `python -m model restore|download|convert`.
+
+Errors the user can fix (missing weights, bad input, bad option) print ONE line on stderr and exit with
+code 2; other model errors exit with 1. Image I/O uses Pillow; EXIF orientation is applied on read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+EXIT_MODEL_ERROR = 1
+EXIT_CANCELED = 130
+
+
+def _restore_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("restore", help="restore one image")
+    p.add_argument("input", type=Path, help="input image (any format Pillow reads)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output image (format by extension)")
+    p.add_argument("--task", choices=["sr", "face", "denoise"], default="sr")
+    p.add_argument("--upscale", type=float, default=None, help="output/input size (default 4 for sr, else 1)")
+    p.add_argument("--fidelity", type=float, default=0.5, help="0 = free .. 1 = follow stage 1")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=["spaced", "ddim", "dpmpp"], default="spaced")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--color-fix", choices=["wavelet", "adain", "none"], default="wavelet")
+    _common_model_args(p)
+    p.add_argument(
+        "--preset",
+        choices=["full", "tiny"],
+        default="full",
+        help="tiny = random weights for smoke tests, NOT a restoration model",
+    )
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet/ControlNet (slow first run)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default=None,
+        help="default fp16 on CUDA, fp32 on CPU",
+    )
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", choices=["v1", "v2", "v2.1"], default="v2")
+    p.add_argument("--weights-dir", type=Path, default=None, help="where the official weight files live")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model", description="DiffBIR blind image restoration")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _restore_parser(sub)
+    d = sub.add_parser("download", help="download the official weight files of a version")
+    _common_model_args(d)
+    c = sub.add_parser("convert", help="write the converted safetensors cache (faster start-up)")
+    _common_model_args(c)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    from model.errors import WeightsMissingError
+
+    if isinstance(exc, WeightsMissingError):
+        where = f" in {exc.weights_dir}" if exc.weights_dir else ""
+        return (
+            f"missing weight files{where}: {', '.join(exc.missing)}; "
+            f"{(exc.hint or 'download them with: python -m model download').strip()}"
+        )
+    return " ".join(str(exc).split())
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from model.errors import InvalidInputError
+    from model.pipeline import DiffBIRPipeline, RestoreOptions
+
+    try:
+        with Image.open(args.input) as img:
+            img = ImageOps.exif_transpose(img)
+            # Pillow decodes 16-bit gray as mode "I;16"/"I": keep 16-bit data for model.inputs to scale.
+            keep = img.mode in ("L", "LA", "RGB", "RGBA", "I;16")
+            pixels = np.asarray(img if keep else img.convert("RGBA"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read {args.input}: {exc}") from exc
+    if pixels.dtype == np.dtype(">u2") or pixels.dtype == np.dtype("<u2"):
+        pixels = pixels.astype(np.uint16)
+    defaults = RestoreOptions()
+    options = RestoreOptions(
+        task=args.task,
+        upscale=args.upscale if args.upscale is not None else (4.0 if args.task == "sr" else 1.0),
+        fidelity=args.fidelity,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        prompt=args.prompt,
+        negative_prompt=defaults.negative_prompt if args.negative_prompt is None else args.negative_prompt,
+        cfg_scale=args.cfg if args.cfg is not None else defaults.cfg_scale,
+        color_fix=args.color_fix,
+    )
+    pipe = DiffBIRPipeline.from_preset(
+        preset=args.preset,
+        version=args.version,
+        weights_dir=args.weights_dir,
+        device=args.device,
+        precision=args.precision,
+        tasks=[args.task],
+        compile=args.compile,
+    )
+    started = time.perf_counter()
+    last_stage = [""]
+
+    def progress(stage: str, step: int, total: int) -> None:
+        if args.verbose and (stage != last_stage[0] or step == total):
+            print(f"  {stage}: {step}/{total}", file=sys.stderr)
+            last_stage[0] = stage
+
+    result = pipe.restore(pixels, options, progress=progress)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.image).save(args.output)
+    h, w = result.image.shape[:2]
+    print(f"wrote {args.output} ({w}x{h}, seed {result.seed}, {time.perf_counter() - started:.1f}s)")
+    if args.verbose:
+        print("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()), file=sys.stderr)
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from model import weights
+
+    paths = weights.download_version(args.version, weights_dir=args.weights_dir)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from model.pipeline import convert_version
+
+    for path in convert_version(args.version, weights_dir=args.weights_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"restore": _cmd_restore, "download": _cmd_download, "convert": _cmd_convert}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from model.errors import CanceledError, InvalidInputError, ModelError, WeightsMissingError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (WeightsMissingError, InvalidInputError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except CanceledError:
+        print("error: canceled", file=sys.stderr)
+        return EXIT_CANCELED
+    except ModelError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_MODEL_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_CANCELED
