@@ -41,8 +41,10 @@ def read_checkpoint(path: str | Path, *, trusted: bool = True, mmap: bool = Fals
     if path.suffix == ".safetensors":
         return load_file(str(path), device="cpu")
     if path.suffix not in TORCH_SUFFIXES:
-        raise ModelError(f"unsupported checkpoint format {path.suffix!r} ({path}); expected .safetensors or "
-                         + "/".join(TORCH_SUFFIXES))
+        raise ModelError(
+            f"unsupported checkpoint format {path.suffix!r} ({path}); expected .safetensors or "
+            + "/".join(TORCH_SUFFIXES)
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -72,7 +74,7 @@ def load_state_dict(path: str | Path, *, trusted: bool = True, mmap: bool = Fals
 
 def select_prefix(sd: Mapping[str, Any], prefix: str) -> StateDict:
     """Entries whose key starts with `prefix`, with the prefix removed (e.g. `first_stage_model.`)."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def check_state_dict(module: nn.Module, sd: Mapping[str, Any], what: str) -> None:

@@ -161,4 +161,4 @@ def _crop(x: torch.Tensor, region: Region | None, factor: int) -> torch.Tensor:
     if region is None:
         return x
     hi, hi_end, wi, wi_end = region
-    return x[..., hi * factor:hi_end * factor, wi * factor:wi_end * factor]
+    return x[..., hi * factor : hi_end * factor, wi * factor : wi_end * factor]

@@ -51,18 +51,40 @@ SCUNET_PAD_MULTIPLE = 64
 STAGE1_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "swinir": {
-            "img_size": 64, "patch_size": 1, "in_chans": 3, "embed_dim": 180, "depths": [6] * 8,
-            "num_heads": [6] * 8, "window_size": 8, "mlp_ratio": 2, "sf": 8, "img_range": 1.0,
-            "upsampler": "nearest+conv", "resi_connection": "1conv", "unshuffle": True, "unshuffle_scale": 8,
+            "img_size": 64,
+            "patch_size": 1,
+            "in_chans": 3,
+            "embed_dim": 180,
+            "depths": [6] * 8,
+            "num_heads": [6] * 8,
+            "window_size": 8,
+            "mlp_ratio": 2,
+            "sf": 8,
+            "img_range": 1.0,
+            "upsampler": "nearest+conv",
+            "resi_connection": "1conv",
+            "unshuffle": True,
+            "unshuffle_scale": 8,
         },
         "bsrnet": {"in_nc": 3, "out_nc": 3, "nf": 64, "nb": 23, "gc": 32, "sf": 4},
         "scunet": {"in_nc": 3, "config": [4, 4, 4, 4, 4, 4, 4], "dim": 64},
     },
     "tiny": {
         "swinir": {
-            "img_size": 64, "patch_size": 1, "in_chans": 3, "embed_dim": 24, "depths": [2, 2],
-            "num_heads": [2, 2], "window_size": 8, "mlp_ratio": 2, "sf": 8, "img_range": 1.0,
-            "upsampler": "nearest+conv", "resi_connection": "1conv", "unshuffle": True, "unshuffle_scale": 8,
+            "img_size": 64,
+            "patch_size": 1,
+            "in_chans": 3,
+            "embed_dim": 24,
+            "depths": [2, 2],
+            "num_heads": [2, 2],
+            "window_size": 8,
+            "mlp_ratio": 2,
+            "sf": 8,
+            "img_range": 1.0,
+            "upsampler": "nearest+conv",
+            "resi_connection": "1conv",
+            "unshuffle": True,
+            "unshuffle_scale": 8,
         },
         "bsrnet": {"in_nc": 3, "out_nc": 3, "nf": 16, "nb": 2, "gc": 8, "sf": 4},
         "scunet": {"in_nc": 3, "config": [0, 1, 2, 0, 0, 1, 0], "dim": 32},
@@ -226,8 +248,13 @@ def _build_net(kind: str, cfg: Mapping[str, Any]) -> nn.Module:
         return DiffBIRSwinIR(**_swinir_kwargs(cfg))
     if kind == "bsrnet":
         return RRDBNet(**{k: cfg[k] for k in ("in_nc", "out_nc", "nf", "nb", "gc", "sf")})
-    return DiffBIRSCUNet(in_nc=cfg.get("in_nc", 3), config=list(cfg["config"]), dim=cfg["dim"],
-                         drop_path_rate=0.0, input_resolution=cfg.get("input_resolution", 256))
+    return DiffBIRSCUNet(
+        in_nc=cfg.get("in_nc", 3),
+        config=list(cfg["config"]),
+        dim=cfg["dim"],
+        drop_path_rate=0.0,
+        input_resolution=cfg.get("input_resolution", 256),
+    )
 
 
 # Building on the meta device: spandrel computes its drop-path schedule with `.item()`, which meta tensors
@@ -305,8 +332,13 @@ class Stage1Net(nn.Module):
         return tiled_apply(self, img, tile, stride, scale=self.scale, progress=progress)
 
 
-def build_stage1(kind: str, config: Mapping[str, Any] | None = None, *, preset: str = "full",
-                 device: torch.device | str | None = None) -> Stage1Net:
+def build_stage1(
+    kind: str,
+    config: Mapping[str, Any] | None = None,
+    *,
+    preset: str = "full",
+    device: torch.device | str | None = None,
+) -> Stage1Net:
     """A stage-1 net with freshly initialised weights (`config` defaults to `STAGE1_CONFIGS[preset][kind]`).
 
     `device="meta"` (or building inside `with torch.device("meta"):`) gives a weightless skeleton quickly,
@@ -326,8 +358,14 @@ def build_stage1(kind: str, config: Mapping[str, Any] | None = None, *, preset: 
     return Stage1Net(kind, net).eval()
 
 
-def stage1_from_state_dict(kind: str, state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None,
-                           *, preset: str = "full", what: str | None = None) -> Stage1Net:
+def stage1_from_state_dict(
+    kind: str,
+    state_dict: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    *,
+    preset: str = "full",
+    what: str | None = None,
+) -> Stage1Net:
     """Build the net on the meta device and load an official state dict into it strictly (no double init)."""
     model = build_stage1(kind, config, preset=preset, device="meta")
     load_strict(model.net, state_dict, what or f"{kind} stage-1 net", assign=True)
@@ -335,8 +373,9 @@ def stage1_from_state_dict(kind: str, state_dict: Mapping[str, Any], config: Map
     return model.eval()
 
 
-def load_stage1(kind: str, path: str | Path, config: Mapping[str, Any] | None = None, *,
-                preset: str = "full") -> Stage1Net:
+def load_stage1(
+    kind: str, path: str | Path, config: Mapping[str, Any] | None = None, *, preset: str = "full"
+) -> Stage1Net:
     """Stage-1 net from an official checkpoint file (`.pth/.ckpt/.safetensors`, reference unwrapping)."""
     return stage1_from_state_dict(kind, load_state_dict(path), config, preset=preset, what=f"{kind} ({path})")
 

@@ -51,32 +51,92 @@ _HF_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main"
 _HF_V1 = "https://huggingface.co/lxq007/DiffBIR/resolve/main"
 _KAIR = "https://github.com/cszn/KAIR/releases/download/v1.0"
 
-REGISTRY: dict[str, WeightFile] = {w.name: w for w in (
-    WeightFile("bsrnet", "BSRNet.pth", f"{_KAIR}/BSRNet.pth", "stage1", ("v2",),
-               "BSRNet (BSRGAN) x4 super-resolution, v2 sr", "bsrnet"),
-    WeightFile("scunet_psnr", "scunet_color_real_psnr.pth", f"{_KAIR}/scunet_color_real_psnr.pth", "stage1",
-               ("v2",), "SCUNet-PSNR denoiser, v2 denoise", "scunet"),
-    WeightFile("swinir_general", "general_swinir_v1.ckpt", f"{_HF_V1}/general_swinir_v1.ckpt", "stage1",
-               ("v1",),
-               "SwinIR trained on ImageNet with Real-ESRGAN degradation, v1 sr/denoise", "swinir"),
-    WeightFile("swinir_face", "face_swinir_v1.ckpt", f"{_HF_V1}/face_swinir_v1.ckpt", "stage1", VERSIONS,
-               "SwinIR trained on FFHQ (from DifFace), face task of every version", "swinir"),
-    WeightFile("swinir_realesrgan", "realesrgan_s4_swinir_100k.pth",
-               f"{_HF_V2}/realesrgan_s4_swinir_100k.pth", "stage1", ("v2.1",),
-               "SwinIR with Real-ESRGAN degradation, v2.1 sr/denoise", "swinir"),
-    WeightFile("sd_v2.1", "v2-1_512-ema-pruned.ckpt",
-               "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.ckpt",
-               "sd", ("v1", "v2"), "Stable Diffusion 2.1 base (eps prediction)"),
-    WeightFile("sd_v2.1_zsnr", "sd2.1-base-zsnr-laionaes5.ckpt", f"{_HF_V2}/sd2.1-base-zsnr-laionaes5.ckpt",
-               "sd", ("v2.1",), "Stable Diffusion 2.1 base fine-tuned with zero terminal SNR (v prediction)"),
-    WeightFile("v1_general", "v1_general.pth", f"{_HF_V2}/v1_general.pth", "controlnet", ("v1",),
-               "IRControlNet v1, general images"),
-    WeightFile("v1_face", "v1_face.pth", f"{_HF_V2}/v1_face.pth", "controlnet", ("v1",),
-               "IRControlNet v1, faces"),
-    WeightFile("v2", "v2.pth", f"{_HF_V2}/v2.pth", "controlnet", ("v2",), "IRControlNet v2, all tasks"),
-    WeightFile("v2.1", "DiffBIR_v2.1.pt", f"{_HF_V2}/DiffBIR_v2.1.pt", "controlnet", ("v2.1",),
-               "IRControlNet v2.1, all tasks"),
-)}
+REGISTRY: dict[str, WeightFile] = {
+    w.name: w
+    for w in (
+        WeightFile(
+            "bsrnet",
+            "BSRNet.pth",
+            f"{_KAIR}/BSRNet.pth",
+            "stage1",
+            ("v2",),
+            "BSRNet (BSRGAN) x4 super-resolution, v2 sr",
+            "bsrnet",
+        ),
+        WeightFile(
+            "scunet_psnr",
+            "scunet_color_real_psnr.pth",
+            f"{_KAIR}/scunet_color_real_psnr.pth",
+            "stage1",
+            ("v2",),
+            "SCUNet-PSNR denoiser, v2 denoise",
+            "scunet",
+        ),
+        WeightFile(
+            "swinir_general",
+            "general_swinir_v1.ckpt",
+            f"{_HF_V1}/general_swinir_v1.ckpt",
+            "stage1",
+            ("v1",),
+            "SwinIR trained on ImageNet with Real-ESRGAN degradation, v1 sr/denoise",
+            "swinir",
+        ),
+        WeightFile(
+            "swinir_face",
+            "face_swinir_v1.ckpt",
+            f"{_HF_V1}/face_swinir_v1.ckpt",
+            "stage1",
+            VERSIONS,
+            "SwinIR trained on FFHQ (from DifFace), face task of every version",
+            "swinir",
+        ),
+        WeightFile(
+            "swinir_realesrgan",
+            "realesrgan_s4_swinir_100k.pth",
+            f"{_HF_V2}/realesrgan_s4_swinir_100k.pth",
+            "stage1",
+            ("v2.1",),
+            "SwinIR with Real-ESRGAN degradation, v2.1 sr/denoise",
+            "swinir",
+        ),
+        WeightFile(
+            "sd_v2.1",
+            "v2-1_512-ema-pruned.ckpt",
+            "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.ckpt",
+            "sd",
+            ("v1", "v2"),
+            "Stable Diffusion 2.1 base (eps prediction)",
+        ),
+        WeightFile(
+            "sd_v2.1_zsnr",
+            "sd2.1-base-zsnr-laionaes5.ckpt",
+            f"{_HF_V2}/sd2.1-base-zsnr-laionaes5.ckpt",
+            "sd",
+            ("v2.1",),
+            "Stable Diffusion 2.1 base fine-tuned with zero terminal SNR (v prediction)",
+        ),
+        WeightFile(
+            "v1_general",
+            "v1_general.pth",
+            f"{_HF_V2}/v1_general.pth",
+            "controlnet",
+            ("v1",),
+            "IRControlNet v1, general images",
+        ),
+        WeightFile(
+            "v1_face", "v1_face.pth", f"{_HF_V2}/v1_face.pth", "controlnet", ("v1",), "IRControlNet v1, faces"
+        ),
+        WeightFile("v2", "v2.pth", f"{_HF_V2}/v2.pth", "controlnet", ("v2",), "IRControlNet v2, all tasks"),
+        WeightFile(
+            "v2.1",
+            "DiffBIR_v2.1.pt",
+            f"{_HF_V2}/DiffBIR_v2.1.pt",
+            "controlnet",
+            ("v2.1",),
+            "IRControlNet v2.1, all tasks",
+        ),
+    )
+}
 
 # version -> task -> role -> registry name (pretrained_models.py's docstring and the reference README).
 REQUIREMENTS: dict[str, dict[str, dict[str, str]]] = {
@@ -127,8 +187,9 @@ def download_hint(version: str | None, weights_dir: Path) -> str:
     return f"Download them with: python -m model download{version_arg} --weights-dir {weights_dir}"
 
 
-def resolve_names(names: Iterable[str], weights_dir: str | Path | None = None,
-                  version: str | None = None) -> dict[str, Path]:
+def resolve_names(
+    names: Iterable[str], weights_dir: str | Path | None = None, version: str | None = None
+) -> dict[str, Path]:
     """name -> path of registry files on disk; raises `WeightsMissingError` listing every absent file."""
     root = _dir(weights_dir)
     files = [_lookup(n) for n in names]
@@ -155,8 +216,15 @@ def _lookup(name: str) -> WeightFile:
 # Download
 
 
-def download(names: Iterable[str], weights_dir: str | Path | None = None, *, progress: bool = True,
-             base_url: str | None = None, use_hf_hub: bool = False, retries: int = 3) -> dict[str, Path]:
+def download(
+    names: Iterable[str],
+    weights_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    base_url: str | None = None,
+    use_hf_hub: bool = False,
+    retries: int = 3,
+) -> dict[str, Path]:
     """Fetch registry files that are not on disk yet; returns name -> path for all of them.
 
     `base_url` replaces each file's URL by `{base_url}/{filename}` (a mirror). Interrupted downloads resume
@@ -178,15 +246,29 @@ def download(names: Iterable[str], weights_dir: str | Path | None = None, *, pro
     return out
 
 
-def download_version(version: str, weights_dir: str | Path | None = None, *, progress: bool = True,
-                     tasks: Iterable[str] = TASKS, **kwargs: object) -> list[Path]:
+def download_version(
+    version: str,
+    weights_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    tasks: Iterable[str] = TASKS,
+    **kwargs: object,
+) -> list[Path]:
     """Fetch every file `version` needs (all tasks by default); returns their paths."""
     names = [w.name for w in version_files(version, tasks)]
     return list(download(names, weights_dir, progress=progress, **kwargs).values())  # type: ignore[arg-type]
 
 
-def download_file(url: str, dest: str | Path, *, progress: bool = True, sha256: str | None = None,
-                  retries: int = 3, timeout: float = 60.0, client: httpx.Client | None = None) -> Path:
+def download_file(
+    url: str,
+    dest: str | Path,
+    *,
+    progress: bool = True,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    client: httpx.Client | None = None,
+) -> Path:
     """Download `url` to `dest` through `dest.part`, resuming with HTTP Range after failures or restarts."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -238,10 +320,19 @@ def _fetch_into(http: httpx.Client, url: str, part: Path, progress: bool, label:
         if r.status_code == 200:
             have = 0  # server ignored the Range header: start over
         total = _expected_total(r, have)
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-            disable=not progress, leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             # no chunk_size: httpx would hold back up to that many bytes, lost if the connection drops
             for chunk in r.iter_bytes():
                 f.write(chunk)
@@ -319,8 +410,9 @@ def _download_hf(url: str, root: Path) -> Path:
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, local_dir=str(root)))
 
 
-def missing_files(version: str, weights_dir: str | Path | None = None,
-                  tasks: Iterable[str] = TASKS) -> list[WeightFile]:
+def missing_files(
+    version: str, weights_dir: str | Path | None = None, tasks: Iterable[str] = TASKS
+) -> list[WeightFile]:
     """Files of `version` (for `tasks`) that are not in `weights_dir`."""
     root = _dir(weights_dir)
     return [w for w in version_files(version, tasks) if not (root / w.filename).is_file()]

@@ -19,7 +19,7 @@ SAMPLERS: dict[str, type[Sampler]] = {"spaced": SpacedSampler, "ddim": DDIMSampl
 
 
 def make_sampler(name: str, diffusion: Diffusion) -> Sampler:
-    """"spaced" (the reference's DDPM, reproduces its numbers), "ddim" or "dpmpp" (fast, deterministic)."""
+    """ "spaced" (the reference's DDPM, reproduces its numbers), "ddim" or "dpmpp" (fast, deterministic)."""
     try:
         return SAMPLERS[name](diffusion)
     except KeyError:

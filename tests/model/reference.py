@@ -1,4 +1,4 @@
-"""Access to the golden tensors in ../shared/reference (produced by the original DiffBIR code, random weights)."""
+"""Golden tensors in ../shared/reference, produced by the original DiffBIR code with random weights."""
 
 from __future__ import annotations
 
@@ -66,13 +66,23 @@ def replay_noise(draws: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
         assert tuple(value.shape) == tuple(shape), f"draw shape {tuple(shape)} != stored {tuple(value.shape)}"
         return value.to(dtype=dtype or value.dtype, device=device or value.device)
 
-    def fake_randn(*size: Any, generator: Any = None, dtype: Any = None, device: Any = None, layout: Any = None,
-                   **_: Any) -> torch.Tensor:
-        shape = torch.Size(size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size)
+    def fake_randn(
+        *size: Any, generator: Any = None, dtype: Any = None, device: Any = None, layout: Any = None, **_: Any
+    ) -> torch.Tensor:
+        shape = torch.Size(
+            size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        )
         return _next(shape, dtype, device)
 
-    def fake_randn_like(x: torch.Tensor, *, generator: Any = None, dtype: Any = None, device: Any = None,
-                        layout: Any = None, **_: Any) -> torch.Tensor:
+    def fake_randn_like(
+        x: torch.Tensor,
+        *,
+        generator: Any = None,
+        dtype: Any = None,
+        device: Any = None,
+        layout: Any = None,
+        **_: Any,
+    ) -> torch.Tensor:
         return _next(x.shape, dtype or x.dtype, device or x.device)
 
     torch.randn, torch.randn_like = fake_randn, fake_randn_like  # type: ignore[assignment]

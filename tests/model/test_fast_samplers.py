@@ -31,8 +31,9 @@ def _conditions(batch: int = 1) -> tuple[Condition, Condition]:
 
 
 def _run(model: ControlLDM, name: str, seed: int = 0, cfg: float = CFG, **kwargs) -> torch.Tensor:
-    sampler = make_sampler(name, make_diffusion(parameterization=model.parameterization,
-                                                zero_snr=model.parameterization == "v"))
+    sampler = make_sampler(
+        name, make_diffusion(parameterization=model.parameterization, zero_snr=model.parameterization == "v")
+    )
     cond, uncond = _conditions()
     generator = torch.Generator().manual_seed(seed)
     x_t = torch.randn(1, 4, 8, 8, generator=generator)
@@ -131,8 +132,9 @@ def test_batch_with_per_sample_generators_matches_single_runs(
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     x_t = torch.cat([torch.randn(1, 4, 8, 8, generator=g) for g in generators])
     cond, uncond = _conditions(batch=2)
-    batch = sample(tiny_cldm, make_sampler(name, diffusion), x_t, cond, uncond, STEPS, 4.0, 1.0,
-                   generator=generators)
+    batch = sample(
+        tiny_cldm, make_sampler(name, diffusion), x_t, cond, uncond, STEPS, 4.0, 1.0, generator=generators
+    )
     expected = torch.cat(singles)
     torch.testing.assert_close(batch, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 

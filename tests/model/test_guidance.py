@@ -18,8 +18,14 @@ RUNS, RUNS_META = load_fixture("guidance_sampler_runs")
 
 def _guidance(vae, target: torch.Tensor, case: dict) -> Guidance:
     return Guidance(
-        vae, target, case["scale"], loss=case["loss"], space=case["space"],
-        t_start=case["t_start"], t_stop=case["t_stop"], repeat=case["repeat"],
+        vae,
+        target,
+        case["scale"],
+        loss=case["loss"],
+        space=case["space"],
+        t_start=case["t_start"],
+        t_stop=case["t_stop"],
+        repeat=case["repeat"],
     )
 
 
@@ -101,8 +107,15 @@ def test_guided_run_matches_reference(run: dict, tiny_cldm: ControlLDM) -> None:
     assert len(draws) == len(run["noise_draw_kinds"])
     with replay_noise(draws) as unused:
         z = sample(
-            tiny_cldm, SpacedSampler(make_diffusion()), RUNS[prefix + "x_T"], cond, uncond,
-            run["steps"], run["cfg"], run["strength"], guidance=guidance,
+            tiny_cldm,
+            SpacedSampler(make_diffusion()),
+            RUNS[prefix + "x_T"],
+            cond,
+            uncond,
+            run["steps"],
+            run["cfg"],
+            run["strength"],
+            guidance=guidance,
         )
     assert not unused
     assert_run_close(z, RUNS[prefix + "z_final"], run["name"])

@@ -25,9 +25,7 @@ def _conditions(tensors: dict[str, torch.Tensor], prefix: str) -> tuple[Conditio
 
 
 @pytest.mark.parametrize("run", RUNS_META["runs"], ids=lambda run: run["name"])
-def test_sampler_run_matches_reference(
-    run: dict, tiny_cldm: ControlLDM, tiny_cldm_v21: ControlLDM
-) -> None:
+def test_sampler_run_matches_reference(run: dict, tiny_cldm: ControlLDM, tiny_cldm_v21: ControlLDM) -> None:
     prefix = run["name"] + "."
     zero_snr = run["beta"] == "zsnr"
     model = tiny_cldm_v21 if zero_snr else tiny_cldm
@@ -38,8 +36,17 @@ def test_sampler_run_matches_reference(
     calls: list[tuple[str, int, int]] = []
     with replay_noise(list(RUNS[prefix + "noise"])) as unused:
         z = sample(
-            model, sampler, RUNS[prefix + "x_T"], cond, uncond, run["steps"], run["cfg"], run["strength"],
-            tiling=tiling, rescale_cfg=run["rescale_cfg"], progress=lambda *a: calls.append(a),
+            model,
+            sampler,
+            RUNS[prefix + "x_T"],
+            cond,
+            uncond,
+            run["steps"],
+            run["cfg"],
+            run["strength"],
+            tiling=tiling,
+            rescale_cfg=run["rescale_cfg"],
+            progress=lambda *a: calls.append(a),
         )
     assert not unused, "the reference drew noise at every step, the last one included"
     assert sampler.timesteps == RUNS[prefix + "timesteps_desc"].tolist()
@@ -117,8 +124,16 @@ def test_cancel_between_steps(tiny_cldm: ControlLDM) -> None:
     steps_done: list[int] = []
     with pytest.raises(CanceledError):
         sample(
-            tiny_cldm, SpacedSampler(make_diffusion()), RUNS["eps_cfg4.x_T"], cond, uncond, 10, 4.0, 1.0,
-            progress=lambda stage, i, n: steps_done.append(i), should_cancel=lambda: len(steps_done) >= 2,
+            tiny_cldm,
+            SpacedSampler(make_diffusion()),
+            RUNS["eps_cfg4.x_T"],
+            cond,
+            uncond,
+            10,
+            4.0,
+            1.0,
+            progress=lambda stage, i, n: steps_done.append(i),
+            should_cancel=lambda: len(steps_done) >= 2,
         )
     assert steps_done == [1, 2]
 

@@ -40,7 +40,7 @@ def test_training_schedule_bit_exact(kind: str) -> None:
 def test_spaced_buffers_bit_exact(kind: str, steps: int) -> None:
     spaced = _diffusion(kind).respace(steps)
     prefix = f"spaced_{kind}_{steps}."
-    stored = {k[len(prefix):] for k in TENSORS if k.startswith(prefix)}
+    stored = {k[len(prefix) :] for k in TENSORS if k.startswith(prefix)}
     assert stored == {"timesteps", *SpacedSchedule.BUFFERS}
     assert spaced.timesteps.dtype == np.int32
     assert np.array_equal(spaced.timesteps, TENSORS[prefix + "timesteps"].numpy())

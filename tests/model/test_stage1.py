@@ -137,14 +137,21 @@ def test_random_init_build_and_shapes() -> None:
         build_stage1("hat")
 
 
-CASE_INPUT = {"swinir": ("direct0.input", "direct0.output"), "bsrnet": ("input", "output"),
-              "scunet": ("input", "output")}
+CASE_INPUT = {
+    "swinir": ("direct0.input", "direct0.output"),
+    "bsrnet": ("input", "output"),
+    "scunet": ("input", "output"),
+}
 
 
 @pytest.mark.parametrize(
     "kind,dtype",
-    [("swinir", torch.float16), ("swinir", torch.bfloat16), ("bsrnet", torch.bfloat16),
-     ("scunet", torch.bfloat16)],
+    [
+        ("swinir", torch.float16),
+        ("swinir", torch.bfloat16),
+        ("bsrnet", torch.bfloat16),
+        ("scunet", torch.bfloat16),
+    ],
 )
 def test_reduced_precision(kind: str, dtype: torch.dtype) -> None:
     """Half/bfloat16 nets take float32 images and give float32 back, close to the float32 result.

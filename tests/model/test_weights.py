@@ -54,8 +54,12 @@ def test_requirements(version: str, task: str) -> None:
 def test_registry_is_consistent() -> None:
     for w in weights.REGISTRY.values():
         assert w.url.startswith(OFFICIAL_HOSTS) and w.url.endswith("/" + w.filename), w.name
-        users = {v for v, by_task in weights.REQUIREMENTS.items() for need in by_task.values()
-                 if w.name in need.values()}
+        users = {
+            v
+            for v, by_task in weights.REQUIREMENTS.items()
+            for need in by_task.values()
+            if w.name in need.values()
+        }
         assert users == set(w.versions), w.name
         assert (w.stage1_kind is not None) == (w.role == "stage1")
     kinds = {w.stage1_kind for w in weights.REGISTRY.values() if w.role == "stage1"}
@@ -270,6 +274,7 @@ def test_hf_hub_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
     paths = weights.download(["v2"], tmp_path, use_hf_hub=True, progress=False)
-    assert calls == [{"repo_id": "lxq007/DiffBIR-v2", "filename": "v2.pth", "revision": "main",
-                      "local_dir": str(tmp_path)}]
+    assert calls == [
+        {"repo_id": "lxq007/DiffBIR-v2", "filename": "v2.pth", "revision": "main", "local_dir": str(tmp_path)}
+    ]
     assert paths["v2"].read_bytes() == b"w"
