@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from model.errors import InvalidInputError
+from model.noise import draw_noise
 
 # The reference multiplies the user-facing scale by this (its `Guidance.__init__`).
 INTERNAL_SCALE_FACTOR = 3000.0
@@ -89,7 +90,9 @@ class Guidance:
         if self._posterior is None:
             return [self.target] * self.repeat
         scale = self.vae.scale_factor
-        return [self._posterior.sample(generator=generator) * scale for _ in range(self.repeat)]
+        # mean + std * eps is diffusers' posterior.sample, with the draw made by draw_noise (no host sync).
+        post = self._posterior
+        return [(post.mean + post.std * draw_noise(post.mean, generator)) * scale for _ in range(self.repeat)]
 
     def __call__(
         self,

@@ -9,11 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
+from model.noise import Generators, draw_noise  # noqa: F401  (re-exported for the samplers)
 from model.schedule import Diffusion
-
-Generators = torch.Generator | list[torch.Generator] | None
 
 
 class Sampler(ABC):
@@ -69,13 +67,3 @@ class Sampler(ABC):
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.num_steps:
             raise IndexError(f"step index {index} outside [0, {self.num_steps}); call set_timesteps first")
-
-
-def draw_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-    """N(0, I) shaped like `like`; one generator per sample when a list is given (per-job seeds in a batch).
-
-    diffusers' `randn_tensor` draws on the generator's device and moves the result, so a seed gives the same
-    noise whatever device samples; with no generator it is one `torch.randn` call, as in the reference.
-    A CPU generator with CUDA sampling costs a host-to-device copy per step; a CUDA generator avoids it.
-    """
-    return randn_tensor(tuple(like.shape), generator=generator, device=like.device, dtype=like.dtype)
