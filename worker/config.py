@@ -30,6 +30,14 @@ class WorkerSettings(Settings):
         0.2, gt=0, description="Min seconds between progress writes and cancel-flag reads (<= 5/s)."
     )
     worker_webhook_threads: int = Field(2, ge=1, description="Background threads delivering webhooks.")
+    worker_compile: bool = Field(
+        False, description="torch.compile the UNet and ControlNet (faster steps; slow first call per shape)"
+    )
+    worker_warmup: bool = Field(
+        False,
+        description="Run one 512x512 restore before taking jobs (kernel choice, autotuning, compile, "
+        "prompt cache); always on with compile.",
+    )
     broker_restore_interval_s: int = Field(
         10, ge=1, description="How often kombu looks for unacked messages past the visibility timeout."
     )

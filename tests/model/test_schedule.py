@@ -83,4 +83,5 @@ def test_one_step_schedule_is_usable() -> None:
     # The API accepts steps=1; its only step is index 0, whose noise is masked, so no entry [1] is needed.
     spaced = make_diffusion().respace(1)
     assert len(spaced.timesteps) == 1
-    assert np.isfinite(spaced.posterior_mean_coef1).all() and np.isfinite(spaced.posterior_mean_coef2).all()
+    assert np.isfinite(np.asarray(spaced.posterior_mean_coef1)).all()
+    assert np.isfinite(np.asarray(spaced.posterior_mean_coef2)).all()

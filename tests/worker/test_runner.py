@@ -47,6 +47,26 @@ def real_pipeline() -> Iterator[tuple[object, object]]:
     yield runner.load_pipeline(settings)
 
 
+def test_warm_up_runs_one_default_restore_before_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.pipeline import DiffBIRPipeline
+
+    calls: list[tuple[int, int]] = []
+    real_restore = DiffBIRPipeline.restore
+
+    def spy(self: DiffBIRPipeline, image, options=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(image.shape[:2])
+        return real_restore(self, image, options, *args, **kwargs)
+
+    monkeypatch.setattr(DiffBIRPipeline, "restore", spy)
+    pipeline, _ = runner.load_pipeline(worker_settings("redis://unused", worker_warmup=True))
+    assert calls == [(128, 128)]
+    # The API's output limit, so a job the API accepted is not refused by the model later.
+    assert pipeline.max_pixels == 4096 * 4096
+    calls.clear()
+    runner.load_pipeline(worker_settings("redis://unused"))
+    assert calls == []
+
+
 def test_real_tiny_pipeline_restores_a_job(harness: Harness, real_pipeline: tuple[object, object]) -> None:
     harness.ctx.pipeline, harness.ctx.options_factory = real_pipeline
     job = harness.submit(steps=3, upscale=2, seed=5, fidelity=0.7, sampler="ddim", color_fix="adain")
