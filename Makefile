@@ -28,7 +28,7 @@ bench: setup  ## sampler, API, queue and (small) GPU benchmarks; JSON results in
 	$(PY) benchmarks/sampler_bench.py
 	$(PY) benchmarks/api_bench.py --json $(BENCH_DIR)/api.json
 	$(PY) benchmarks/queue_bench.py --json $(BENCH_DIR)/queue.json
-	$(PY) benchmarks/gpu.py --small
+	$(PY) benchmarks/gpu.py --small --out $(BENCH_DIR)/gpu_small.json
 
 settings-table:  ## regenerate the configuration table in README.md
 	$(PY) scripts/settings_table.py --write
