@@ -240,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=["full", "tiny"], help="default: full if weights are available")
     parser.add_argument("--no-download", action="store_true", help="never download weights")
     parser.add_argument("--version", default=os.environ.get("DIFFBIR_WORKER_VERSION", "v2"))
-    parser.add_argument("--steps", type=int, help="sampler steps (default 50 on GPU, 10 on CPU full, 4 tiny)")
+    parser.add_argument("--steps", type=int, help="sampler steps (50 on GPU, 10 on CPU, 40 tiny)")
     parser.add_argument("--upscale", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the restoration")
     return parser.parse_args(argv)
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
     weights_dir = Path(os.environ.get("DIFFBIR_WEIGHTS_DIR", ROOT / "weights")).resolve()
     preset = choose_preset(args.preset, weights_dir, args.version, "sr", download=not args.no_download)
     dev, precision = device()
-    steps = args.steps or (4 if preset == "tiny" else 50 if dev == "cuda" else 10)
+    steps = args.steps or (40 if preset == "tiny" else 50 if dev == "cuda" else 10)
     say(f"worker: preset={preset} device={dev} precision={precision} steps={steps}")
 
     url, shared = redis_url(children, workdir)
