@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -77,6 +78,12 @@ def finished_or_raise(job: Job, raise_on_failure: bool) -> Job:
     return job
 
 
+def _job_path(job_id: str, suffix: str = "") -> str:
+    """The job's URL path with the id percent-encoded: an id such as ``../../metrics`` (from user input)
+    must address no job at all rather than another route, with the API key attached."""
+    return f"/v1/jobs/{quote(str(job_id), safe='')}{suffix}"
+
+
 def _is_transient(exc: Exception) -> bool:
     if isinstance(exc, APIError):
         return exc.status in _TRANSIENT_STATUSES
@@ -138,17 +145,17 @@ class RestoreClient(_Base):
         return parse_job(self._http.post("/v1/restore", files=files, data=data, headers=headers))
 
     def get(self, job_id: str) -> Job:
-        return parse_job(self._http.get(f"/v1/jobs/{job_id}"))
+        return parse_job(self._http.get(_job_path(job_id)))
 
     def cancel(self, job_id: str) -> Job:
-        response = self._http.delete(f"/v1/jobs/{job_id}")
+        response = self._http.delete(_job_path(job_id))
         if response.status_code == 204:
             return self.get(job_id)
         return parse_job(response)
 
     def result(self, job_id: str) -> bytes:
         """The restored image's bytes (following a redirect to the object store if the API sends one)."""
-        return check_result(self._http.get(f"/v1/jobs/{job_id}/result"))
+        return check_result(self._http.get(_job_path(job_id, "/result")))
 
     def wait(
         self,
@@ -237,16 +244,16 @@ class AsyncRestoreClient(_Base):
         return parse_job(await self._http.post("/v1/restore", files=files, data=data, headers=headers))
 
     async def get(self, job_id: str) -> Job:
-        return parse_job(await self._http.get(f"/v1/jobs/{job_id}"))
+        return parse_job(await self._http.get(_job_path(job_id)))
 
     async def cancel(self, job_id: str) -> Job:
-        response = await self._http.delete(f"/v1/jobs/{job_id}")
+        response = await self._http.delete(_job_path(job_id))
         if response.status_code == 204:
             return await self.get(job_id)
         return parse_job(response)
 
     async def result(self, job_id: str) -> bytes:
-        return check_result(await self._http.get(f"/v1/jobs/{job_id}/result"))
+        return check_result(await self._http.get(_job_path(job_id, "/result")))
 
     async def wait(
         self,

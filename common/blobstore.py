@@ -12,16 +12,28 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 
-from common.jobs import KEY_PREFIX, connect
+from common.jobs import KEY_PREFIX, connect, is_valid_job_id
 from common.settings import Settings
+
+_RESULT_EXTENSIONS = frozenset({"png", "jpeg", "webp"})
+
+
+def _checked_id(job_id: str) -> str:
+    # The last line of defence for "keys derive from job ids only": a malformed id (a slash, "..", a very
+    # long string) never becomes an object key, whichever caller forgot to validate it.
+    if not is_valid_job_id(job_id):
+        raise ValueError(f"not a job id: {job_id[:80]!r}")
+    return job_id
 
 
 def input_key(job_id: str) -> str:
-    return f"inputs/{job_id}"
+    return f"inputs/{_checked_id(job_id)}"
 
 
 def result_key(job_id: str, ext: str) -> str:
-    return f"results/{job_id}.{ext}"
+    if ext not in _RESULT_EXTENSIONS:
+        raise ValueError(f"not a result format: {ext[:20]!r}")
+    return f"results/{_checked_id(job_id)}.{ext}"
 
 
 class BlobNotFoundError(KeyError):

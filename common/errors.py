@@ -38,6 +38,14 @@ class NotFoundError(ServiceError):
     status, code, title = 404, "not_found", "Not found"
 
 
+class RequestTimeoutError(ServiceError):
+    status, code, title = 408, "request_timeout", "The request body arrived too slowly"
+
+    def __init__(self, detail: str | None = None, **extra: Any):
+        # The client may retry at once; "close" frees the connection a trickling client held.
+        super().__init__(detail, headers={"Connection": "close"}, **extra)
+
+
 class ConflictError(ServiceError):
     status, code, title = 409, "conflict", "Conflict"
 
@@ -90,3 +98,7 @@ class ServiceUnavailableError(ServiceError):
 
     def __init__(self, detail: str | None = None, *, retry_after_s: int = 5, **extra: Any):
         super().__init__(detail, headers={"Retry-After": str(int(retry_after_s))}, **extra)
+
+
+class ServerBusyError(ServiceUnavailableError):
+    code, title = "busy", "Too many uploads in progress on this API process, retry shortly"

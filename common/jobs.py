@@ -205,6 +205,7 @@ def connect_async(settings: Settings) -> aioredis.Redis:
 class IdempotencyRecord(BaseModel):
     job_id: str
     fingerprint: str
+    created_at: float = Field(default_factory=time.time)  # unix seconds; tells an abandoned claim apart
 
 
 # ------------------------------------------------------------------------------------------- store
@@ -289,11 +290,15 @@ class JobStore:
         except JobStateError:
             return None
 
-    def set_progress(self, job_id: str, stage: str, step: int, total: int) -> bool:
-        """Record progress of a running job; False when the job is no longer running."""
+    def set_progress(
+        self, job_id: str, stage: str, step: int, total: int, attempt: int | None = None
+    ) -> bool:
+        """Record progress of a running job; False when the job is no longer running (or, with
+        ``attempt``, when a newer attempt took it over: the caller should stop)."""
         fraction = 0.0 if total <= 0 else min(1.0, max(0.0, step / total))
 
         def update(job: Job) -> None:
+            _check_attempt(job, attempt)
             job.progress = Progress(stage=stage, step=step, total=total, fraction=round(fraction, 4))
 
         try:
@@ -301,8 +306,18 @@ class JobStore:
         except JobStateError:
             return False
 
-    def succeed(self, job_id: str, result: ResultInfo, timings: dict[str, float] | None = None) -> Job | None:
+    def succeed(
+        self,
+        job_id: str,
+        result: ResultInfo,
+        timings: dict[str, float] | None = None,
+        attempt: int | None = None,
+    ) -> Job | None:
+        """running -> succeeded. With ``attempt`` (the worker's fencing token, ``Job.attempts`` when it
+        started), refused with ``JobStateError`` once a newer attempt has taken the job over."""
+
         def finish(job: Job) -> None:
+            _check_attempt(job, attempt)
             job.status = JobStatus.succeeded
             job.finished_at = utcnow()
             job.result = result
@@ -315,9 +330,15 @@ class JobStore:
         return self.transition(job_id, (JobStatus.running,), finish)
 
     def fail(
-        self, job_id: str, code: ErrorCode, message: str, timings: dict[str, float] | None = None
+        self,
+        job_id: str,
+        code: ErrorCode,
+        message: str,
+        timings: dict[str, float] | None = None,
+        attempt: int | None = None,
     ) -> Job | None:
         def finish(job: Job) -> None:
+            _check_attempt(job, attempt)
             job.status = JobStatus.failed
             job.finished_at = utcnow()
             job.error = JobError(code=code, message=message[:1000])
@@ -326,10 +347,11 @@ class JobStore:
 
         return self.transition(job_id, (JobStatus.queued, JobStatus.running), finish)
 
-    def mark_canceled(self, job_id: str) -> Job | None:
+    def mark_canceled(self, job_id: str, attempt: int | None = None) -> Job | None:
         """Worker side: a running job stopped because its cancel flag was set."""
 
         def finish(job: Job) -> None:
+            _check_attempt(job, attempt)
             job.status = JobStatus.canceled
             job.finished_at = utcnow()
             job.error = JobError(code=ErrorCode.canceled, message="canceled by the client")
@@ -339,19 +361,32 @@ class JobStore:
     def request_cancel(self, job_id: str) -> Job | None:
         """Client side: queued -> canceled now (it will never run); running -> set the cancel flag.
 
-        Raises ``JobStateError`` when the job already finished. Returns None when it does not exist.
+        One WATCH transaction reads the status and acts on it, so a job that finishes meanwhile is never
+        answered "running" with a flag left behind. Raises ``JobStateError`` when the job already finished.
+        Returns None when it does not exist.
         """
-        try:
-            return self.transition(job_id, (JobStatus.queued,), _cancel_now)
-        except JobStateError:
-            pass
-        job = self.get(job_id)
-        if job is None:
-            return None
-        if job.status is JobStatus.running:
-            self.redis.set(cancel_key(job_id), b"1", ex=self.ttl)
-            return job
-        raise JobStateError(f"job {job_id} is already {job.status}")
+        key = job_key(job_id)
+        for _ in range(_MAX_TX_RETRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    job = Job.model_validate_json(raw)
+                    if job.status.terminal:
+                        raise JobStateError(f"job {job_id} is already {job.status}")
+                    pipe.multi()
+                    if job.status is JobStatus.queued:
+                        _cancel_now(job)
+                        pipe.set(key, job.to_redis(), ex=self.ttl)
+                    else:
+                        pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+        raise JobStateError(f"job {job_id}: too much contention")
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(job_id)))
@@ -369,6 +404,24 @@ class JobStore:
                 return None
             raw = self.redis.get(name) or record.model_dump_json()
         return IdempotencyRecord.model_validate_json(raw)
+
+    def replace_idempotency(
+        self, owner: str, key: str, expected: IdempotencyRecord, record: IdempotencyRecord
+    ) -> bool:
+        """Swap ``expected`` for ``record`` atomically (compare-and-set); False if the key changed."""
+        name = idempotency_key(owner, key)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(name)
+                raw = pipe.get(name)
+                if raw is None or IdempotencyRecord.model_validate_json(raw) != expected:
+                    return False
+                pipe.multi()
+                pipe.set(name, record.model_dump_json(), ex=self.idempotency_ttl)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
 
     def release_idempotency(self, owner: str, key: str, job_id: str) -> None:
         """Forget a claim whose submission failed, so the client can retry with the same key."""
@@ -388,6 +441,13 @@ class JobStore:
 
     def remove_worker(self, worker_id: str) -> None:
         self.redis.zrem(WORKERS_KEY, worker_id)
+
+
+def _check_attempt(job: Job, attempt: int | None) -> None:
+    """Fencing: a worker that was presumed dead (and whose job was redelivered) must not write over the
+    attempt that replaced it, neither its progress nor its outcome."""
+    if attempt is not None and job.attempts != attempt:
+        raise JobStateError(f"job {job.id}: attempt {attempt} was superseded by attempt {job.attempts}")
 
 
 def _cancel_now(job: Job) -> None:

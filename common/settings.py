@@ -6,8 +6,10 @@ Lists (``api_keys``, ``webhook_allow_hosts``) are given as JSON in the environme
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +42,18 @@ class Settings(BaseSettings):
     port: int = 8000
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `python -m service`.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    upload_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="The whole upload body must arrive within this time (408 otherwise): a client trickling "
+        "bytes would otherwise hold a connection and up to max_upload_bytes of memory indefinitely.",
+    )
+    max_concurrent_uploads: int = Field(
+        32,
+        ge=1,
+        description="Uploads one API process reads at once (each holds up to max_upload_bytes in memory); "
+        "more answer 503 busy with Retry-After.",
+    )
     max_input_pixels: int = Field(4096 * 4096, ge=1)
     # 4096x4096 is what the GPU benchmark ran tiled in ~5 GB; the worker's pipeline enforces the same limit.
     max_output_pixels: int = Field(4096 * 4096, ge=1)
@@ -93,6 +107,27 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry credentials (redis://:password@host); repr()/str() must not print them.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if isinstance(value, str) and "://" in value else value
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and reprs)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:  # unparsable: show nothing rather than a secret
+        return "***"
 
 
 @lru_cache(maxsize=1)

@@ -82,10 +82,11 @@ def verify_signature(
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
         if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
+            # Plain decimal of sane length only: int() also takes "+1_0", and a 400-digit value would
+            # overflow the float comparison below (an exception where a receiver expects False).
+            if not (value.isascii() and value.isdigit() and len(value) <= 12):
                 return False
+            timestamp = int(value)
         elif key == "v1":
             candidates.append(value)
     if timestamp is None or not candidates:
@@ -124,9 +125,15 @@ def _parse_allowlist(entries: Iterable[str]) -> tuple[list[IPNetwork], set[str]]
 
 
 def _is_public(ip: IPAddress) -> bool:
-    # An IPv4-mapped IPv6 address (::ffff:10.0.0.1) must be judged as the IPv4 address it carries.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    # An IPv6 address that carries an IPv4 one must be judged by that too: IPv4-mapped (::ffff:10.0.0.1),
+    # 6to4 (2002:7f00:1::, routed by a 6to4 relay to 127.0.0.1) and Teredo (the client's IPv4).
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _is_public(ip.ipv4_mapped)
+        embedded = [ip.sixtofour] if ip.sixtofour is not None else []
+        embedded += list(ip.teredo or ())
+        if not all(_is_public(v4) for v4 in embedded):
+            return False
     return not (
         ip.is_private
         or ip.is_loopback
@@ -136,6 +143,25 @@ def _is_public(ip: IPAddress) -> bool:
         or ip.is_unspecified
         or not ip.is_global
     )
+
+
+_INET_ATON_CHARS = frozenset("0123456789abcdefx.")
+
+
+def _literal_ip(host: str) -> IPAddress | None:
+    """The IP a host names literally, including the legacy IPv4 spellings that resolvers and browsers
+    accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``): judged as what they are even when the
+    check runs without resolving names."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and set(host) <= _INET_ATON_CHARS and host[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))  # parses locally, never queries DNS
+        except OSError:
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -187,11 +213,7 @@ def check_callback_url(
     restricted = bool(networks or allowed_hosts)
     host_allowed = host in allowed_hosts
 
-    literal: IPAddress | None
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
+    literal = _literal_ip(host)
     if restricted and literal is None and not host_allowed and not resolve:
         raise WebhookURLError(f"callback_url host {host!r} is not in the webhook allow-list")
     if literal is None and not resolve:
@@ -257,6 +279,13 @@ def _pinned_request(checked: CheckedURL) -> tuple[str, dict[str, str], dict[str,
     return pinned, {"Host": host_header}, extensions
 
 
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
+
+
 def deliver(
     url: str,
     payload: dict[str, Any],
@@ -305,9 +334,13 @@ def deliver(
             )
             retryable = True
             try:
-                response = http.post(
-                    target, content=body, headers=headers, extensions=extensions, timeout=timeout_s
+                # Streamed and closed unread: only the status matters, and a hostile receiver could
+                # otherwise answer with an endless body that the worker would buffer in memory.
+                request = http.build_request(
+                    "POST", target, content=body, headers=headers, extensions=extensions, timeout=timeout_s
                 )
+                response = http.send(request, stream=True)
+                response.close()
                 result.status_code = response.status_code
                 if 200 <= response.status_code < 300:
                     result.delivered, result.error = True, None
@@ -328,5 +361,8 @@ def deliver(
     finally:
         if own_client:
             http.close()
-    log.warning("webhook to %s not delivered after %d attempt(s): %s", url, result.attempts, result.error)
+    # The host only: callback URLs often carry a token in their path or query.
+    log.warning(
+        "webhook to %s not delivered after %d attempt(s): %s", _host_of(url), result.attempts, result.error
+    )
     return result

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
@@ -27,6 +28,8 @@ class Services:
     celery: Celery
     auth: ApiKeyAuth
     metrics: ApiMetrics
+    # Bounds the memory held by uploads in flight (built in the lifespan, so inside the serving loop).
+    upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     @classmethod
     def build(cls, settings: Settings, metrics: ApiMetrics) -> Services:
@@ -42,6 +45,7 @@ class Services:
             celery=make_celery(settings),
             auth=ApiKeyAuth(settings),
             metrics=metrics,
+            upload_slots=asyncio.Semaphore(settings.max_concurrent_uploads),
         )
 
     async def aclose(self) -> None:

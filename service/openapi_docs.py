@@ -65,6 +65,12 @@ _upload_schema = {
 
 _UNAUTHORIZED = {401: {"description": "Missing or invalid API key", **_problem("unauthorized", 401, "...")}}
 _NOT_FOUND = {404: {"description": "No such job (or not yours)", **_problem("not_found", 404, "no job")}}
+_UNAVAILABLE = {
+    503: {
+        "description": "Redis/queue/storage down, or (submit) too many uploads in progress; see Retry-After",
+        **_problem("unavailable", 503, "the job store (Redis) is unavailable"),
+    }
+}
 
 SUBMIT: dict[str, Any] = {
     "openapi_extra": {
@@ -74,7 +80,15 @@ SUBMIT: dict[str, Any] = {
         202: _job(
             "Accepted; `Location` points at the job", {**EXAMPLE_JOB, "status": "queued", "progress": None}
         ),
+        400: {
+            "description": "Malformed multipart body or Content-Length, too many parts, oversized field",
+            **_problem("bad_request", 400, "malformed multipart body"),
+        },
         **_UNAUTHORIZED,
+        408: {
+            "description": "The upload did not arrive within DIFFBIR_UPLOAD_TIMEOUT_S",
+            **_problem("request_timeout", 408, "the upload did not arrive within 120s"),
+        },
         409: {
             "description": "Same Idempotency-Key still in flight",
             **_problem("idempotency_in_progress", 409, ""),
@@ -89,14 +103,13 @@ SUBMIT: dict[str, Any] = {
         },
         422: {"description": "Invalid image or parameters", **_problem("invalid_image", 422, "truncated")},
         429: {"description": "Queue full; see Retry-After", **_problem("queue_full", 429, "retry later")},
-        503: {
-            "description": "Redis/queue/storage down",
-            **_problem("unavailable", 503, "Redis is unavailable"),
-        },
+        **_UNAVAILABLE,
     },
 }
 
-GET_JOB: dict[str, Any] = {"responses": {200: _job("The job document"), **_UNAUTHORIZED, **_NOT_FOUND}}
+GET_JOB: dict[str, Any] = {
+    "responses": {200: _job("The job document"), **_UNAUTHORIZED, **_NOT_FOUND, **_UNAVAILABLE}
+}
 
 GET_RESULT: dict[str, Any] = {
     "response_class": None,
@@ -112,6 +125,7 @@ GET_RESULT: dict[str, Any] = {
             "description": "Not finished (or failed/canceled)",
             **_problem("job_not_finished", 409, "running"),
         },
+        **_UNAVAILABLE,
     },
 }
 del GET_RESULT["response_class"]
@@ -123,6 +137,7 @@ CANCEL: dict[str, Any] = {
         **_UNAUTHORIZED,
         **_NOT_FOUND,
         409: {"description": "Already finished", **_problem("invalid_transition", 409, "already succeeded")},
+        **_UNAVAILABLE,
     }
 }
 

@@ -100,15 +100,25 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for exc_type in (
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        redis.exceptions.BusyLoadingError,
-        BrokerError,
-        BotoCoreError,
-    ):
+    # Any RedisError, not only connection errors: a failover's READONLY replica or "OOM command not allowed"
+    # are outages of the backing service too, and should be retried by clients, not reported as our bug.
+    for exc_type in (redis.exceptions.RedisError, BrokerError, BotoCoreError):
         app.add_exception_handler(exc_type, _backend_down)
     app.add_exception_handler(ClientError, _s3_client_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: problem+json like every other error, with no exception text (it may hold internals)."""
+    # Starlette re-raises it after this answer, so the server logs the traceback; one line here is enough.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem_response(
+        500,
+        "internal",
+        "Internal error",
+        "an unexpected error occurred; it has been logged",
+        instance=request.url.path,
+    )
 
 
 async def _s3_client_error(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from common.blobstore import BlobNotFoundError, result_key
-from common.errors import JobNotFinishedError, NotFoundError, ServiceUnavailableError, UnprocessableError
+from common.errors import (
+    JobNotFinishedError,
+    NotFoundError,
+    ServerBusyError,
+    ServiceUnavailableError,
+    UnprocessableError,
+)
 from common.jobs import Job, JobStatus, is_valid_job_id, public_document
 from common.params import RestoreParams
 from common.queue import queue_depth_async
@@ -73,9 +79,16 @@ async def restore(
         depth = await queue_depth_async(services.aredis, services.settings.queue_name)
         if (too_many := backpressure_error(services, depth)) is not None:
             raise too_many
-    upload = await read_upload(request, services.settings.max_upload_bytes)
-    params = parse_params(upload.fields)
-    submission = await run_in_threadpool(submit, services, owner, upload.image, params, idempotency_key)
+    if services.upload_slots.locked():
+        services.metrics.rejected.labels("uploads_busy").inc()
+        limit = services.settings.max_concurrent_uploads
+        raise ServerBusyError(f"{limit} uploads are in progress on this process", retry_after_s=1)
+    async with services.upload_slots:  # held until the image bytes are stored and can be dropped
+        upload = await read_upload(
+            request, services.settings.max_upload_bytes, services.settings.upload_timeout_s
+        )
+        params = parse_params(upload.fields)
+        submission = await run_in_threadpool(submit, services, owner, upload.image, params, idempotency_key)
     headers = {"Location": f"/v1/jobs/{submission.job.id}"}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -102,7 +115,9 @@ async def get_result(job_id: str, request: Request) -> Response:
     if job.status is not JobStatus.succeeded or job.result is None:
         raise JobNotFinishedError(f"job {job_id} is {job.status}", job_status=str(job.status))
     key = result_key(job.id, job.params.output_format)
-    url = services.blobs.presigned_url(key, services.settings.presign_ttl_seconds)  # local signing, no I/O
+    # Signing is local, but boto3 may first fetch or refresh credentials (instance metadata, STS): blocking
+    # network I/O that must not stall the event loop.
+    url = await run_in_threadpool(services.blobs.presigned_url, key, services.settings.presign_ttl_seconds)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     try:

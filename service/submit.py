@@ -8,6 +8,7 @@ Idempotency-Key releases the claim so the client can retry with the same key.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import redis
@@ -27,6 +28,7 @@ from common.queue import enqueue_restore, queue_depth
 from common.webhooks import WebhookURLError, validate_callback_url
 from service.app_state import Services
 
+ABANDONED_CLAIM_S = 300.0
 _INPUT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -99,7 +101,9 @@ def submit(
     if idempotency_key is not None:
         record = IdempotencyRecord(job_id=job.id, fingerprint=fingerprint(image, params))
         earlier = services.jobs.claim_idempotency(owner, idempotency_key, record)
-        if earlier is not None:
+        if earlier is not None and not _take_over_abandoned(
+            services, owner, idempotency_key, earlier, record
+        ):
             return _replay(services, earlier, record)
         depth = queue_depth(services.redis, services.settings.queue_name)
         if (too_many := backpressure_error(services, depth)) is not None:
@@ -135,6 +139,22 @@ def _store(services: Services, job: Job, image: bytes, content_type: str) -> Non
     else:
         blobs.put(input_key(job.id), image, content_type)
         services.jobs.create(job)
+
+
+def _take_over_abandoned(
+    services: Services, owner: str, key: str, earlier: IdempotencyRecord, record: IdempotencyRecord
+) -> bool:
+    """True when this request takes over a claim whose request died before storing its job.
+
+    An API process killed between claiming the key and writing the job record leaves a claim that points
+    at no job; without this, every retry with that key would answer 409 for the whole idempotency TTL.
+    Past ``ABANDONED_CLAIM_S`` (far longer than any submission takes) an identical request replaces it.
+    """
+    if earlier.fingerprint != record.fingerprint or time.time() - earlier.created_at < ABANDONED_CLAIM_S:
+        return False
+    if services.jobs.get(earlier.job_id) is not None:
+        return False
+    return services.jobs.replace_idempotency(owner, key, earlier, record)
 
 
 def _replay(services: Services, earlier: IdempotencyRecord, current: IdempotencyRecord) -> Submission:

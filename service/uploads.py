@@ -11,6 +11,7 @@ oversized uploads before reading anything).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,7 +19,13 @@ from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from common.errors import BadRequestError, PayloadTooLargeError, UnprocessableError, UnsupportedMediaTypeError
+from common.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+)
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for the form fields and part headers on top of the image itself
 FEED_BYTES = 1024 * 1024  # network chunks are batched up to this before parsing (fewer parser calls)
@@ -158,18 +165,22 @@ async def _parse(request: Request, content_type: str, max_image_bytes: int) -> _
     return collector
 
 
-async def read_upload(request: Request, max_image_bytes: int) -> Upload:
+async def read_upload(request: Request, max_image_bytes: int, timeout_s: float | None = None) -> Upload:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaTypeError("send multipart/form-data with the image in a part named 'image'")
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # str.isdigit() also accepts e.g. "²"
             raise BadRequestError("invalid Content-Length")
         if int(length) > max_image_bytes + FORM_OVERHEAD_BYTES:
             raise _too_large(max_image_bytes)
 
-    form = await _parse(request, content_type, max_image_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            form = await _parse(request, content_type, max_image_bytes)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the upload did not arrive within {timeout_s:g}s") from None
     image: bytes | None = None
     filename: str | None = None
     fields: dict[str, str] = {}

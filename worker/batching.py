@@ -55,6 +55,17 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return #entries / 2
 """
 
+# Put one parked message back at the consuming end of the queue (its batch was abandoned), atomically.
+_REQUEUE = """
+local message = redis.call('HGET', KEYS[2], ARGV[1])
+if message then
+  redis.call('RPUSH', KEYS[1], message)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 # Fields of the job that must match for two jobs to share one batched model call (not seed, not delivery).
 _KEY_EXCLUDE = {"seed", "output_format", "callback_url"}
 
@@ -104,6 +115,7 @@ class Batcher:
         self.parked_key = PARKED_PREFIX + worker_id
         self._claim = client.register_script(_CLAIM)
         self._restore = client.register_script(_RESTORE)
+        self._requeue = client.register_script(_REQUEUE)
 
     @property
     def enabled(self) -> bool:
@@ -151,6 +163,10 @@ class Batcher:
     def release(self, job_id: str) -> None:
         """The mate finished (its record says how): forget its parked message."""
         self.redis.hdel(self.parked_key, job_id)
+
+    def requeue(self, job_id: str) -> bool:
+        """The mate's batch failed before it ended: hand its message back to the queue to run again."""
+        return bool(self._requeue(keys=[self.queue, self.parked_key], args=[job_id]))
 
     def recover_dead_workers(self, max_age_s: float, now: float | None = None) -> int:
         """Requeue the parked messages of workers whose heartbeat is older than ``max_age_s`` (or gone)."""

@@ -59,6 +59,8 @@ class Ownership:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(OWNER_PREFIX + job_id, self.worker_id, ex=self.ttl_s)
             pipe.sadd(self.held_key, job_id)
+            # Normally emptied by release/reaping; the TTL bounds it if both are lost (e.g. Redis restored).
+            pipe.expire(self.held_key, self.ttl_s)
             pipe.sadd(HOLDERS_KEY, self.worker_id)
             pipe.execute()
 

@@ -135,12 +135,13 @@ class Execution:
             return
         self._last_write, self._last_stage = now, stage
         try:
-            still_running = self.ctx.store.set_progress(self.job.id, stage, step, total)
+            still_running = self.ctx.store.set_progress(self.job.id, stage, step, total, self.job.attempts)
         except redis.RedisError as exc:  # progress is best-effort; the job goes on while Redis is away
             log.debug("progress write for %s skipped: %s", self.job.id, exc)
             return
         if not still_running:
-            self._canceled = True  # someone else finished the job (or it expired): stop wasting the GPU
+            # Someone else finished it, a newer attempt took it over, or it expired: stop wasting the GPU.
+            self._canceled = True
 
     def should_cancel(self) -> bool:
         """Pipeline cancel hook: the job's cancel flag (throttled read) and the soft time limit."""
@@ -177,15 +178,18 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
     return imaging.encode(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)), fmt)
 
 
-def _hard_limit_watchdog(ctx: WorkerContext, job_ids: list[str]) -> threading.Timer:
+def _hard_limit_watchdog(ctx: WorkerContext, jobs: list[Job]) -> threading.Timer:
     """Celery's solo pool has no hard time limit: fail the jobs, then end the process (it is restarted)."""
     limit = ctx.settings.task_hard_time_limit_s
 
     def fire() -> None:
+        job_ids = [job.id for job in jobs]
         log.critical("jobs %s exceeded the hard time limit of %ss; failing them and exiting", job_ids, limit)
-        for job_id in job_ids:
+        for job in jobs:
+            job_id = job.id
             try:
-                finished = ctx.store.fail(job_id, ErrorCode.timeout, f"hard time limit of {limit}s exceeded")
+                message = f"hard time limit of {limit}s exceeded"
+                finished = ctx.store.fail(job_id, ErrorCode.timeout, message, None, job.attempts)
                 if finished is not None:
                     ctx.metrics.jobs.labels(status="failed", reason=ErrorCode.timeout.value).inc()
             except Exception:
@@ -218,6 +222,28 @@ def start_job(ctx: WorkerContext, job_id: str) -> Job | None:
     job = with_retries(ctx, ctx.store.mark_running, job_id, what="mark running")
     if job is None:
         return None  # canceled or finished between the two reads
+    try:
+        return _started(ctx, job)
+    except Exception as exc:
+        # Marked running but not handed to run_job: a bug here must not leave it 'running' for good.
+        if not is_transient(exc):  # transient: the task requeues the message and the job runs again
+            log.exception("job %s: unexpected error while starting it", job_id)
+            _transition(
+                ctx,
+                "mark failed",
+                ctx.store.fail,
+                job_id,
+                ErrorCode.internal,
+                f"internal error ({type(exc).__name__})",
+                None,
+                job.attempts,
+            )
+        raise
+
+
+def _started(ctx: WorkerContext, job: Job) -> Job | None:
+    """The checks and bookkeeping of a job just marked running; None when it must not run after all."""
+    job_id = job.id
     if job.attempts > 1:
         ctx.metrics.redeliveries.inc()
         log.warning("job %s redelivered (attempt %d): its previous worker was lost", job_id, job.attempts)
@@ -235,7 +261,16 @@ def start_job(ctx: WorkerContext, job_id: str) -> Job | None:
         ctx.metrics.queue_wait.observe(max(0.0, (job.started_at - job.created_at).total_seconds()))
     if ctx.ownership is not None:
         with_retries(ctx, ctx.ownership.claim, job_id, what="claim job")
-    with_retries(ctx, ctx.store.set_progress, job_id, "starting", 0, job.params.steps, what="reset progress")
+    with_retries(
+        ctx,
+        ctx.store.set_progress,
+        job_id,
+        "starting",
+        0,
+        job.params.steps,
+        job.attempts,
+        what="reset progress",
+    )
     return job
 
 
@@ -247,19 +282,64 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     job = start_job(ctx, job_id)
     if job is None:
         return "skipped"
-    mates = ctx.batcher.claim_mates(job, lambda mate_id: start_job(ctx, mate_id)) if ctx.batcher else []
+    mates: list[Job] = []
+    if ctx.batcher is not None:
+        try:
+            mates = ctx.batcher.claim_mates(job, lambda mate_id: start_job(ctx, mate_id))
+        except Exception as exc:  # batching is an optimisation: the job we hold runs alone
+            log.warning("job %s: claiming batch mates failed (%s); running it alone", job_id, exc)
     executions = [Execution(ctx, j) for j in (job, *mates)]
     ctx.metrics.busy.set(1)
-    watchdog = _hard_limit_watchdog(ctx, [e.job.id for e in executions])
+    watchdog = _hard_limit_watchdog(ctx, [e.job for e in executions])
     try:
         statuses = run_executions(ctx, executions)
+    except Exception as exc:
+        _abandon(ctx, executions, mates, exc)
+        raise
+    else:
+        _release(ctx, executions, mates)
     finally:
         watchdog.cancel()
         ctx.metrics.busy.set(0)
         for execution in executions:
             ctx.metrics.job_duration.observe(time.monotonic() - execution.started)
-        _release(ctx, executions, mates)
     return statuses[0]
+
+
+def _abandon(ctx: WorkerContext, executions: list[Execution], mates: list[Job], exc: Exception) -> None:
+    """``run_executions`` raised: make sure no job of the batch stays ``running`` with no message left.
+
+    Transient (storage away beyond the retries): the task requeues the first job's message; the mates'
+    parked messages go back to the queue too, so every job runs again. Anything else is a bug: every job
+    that has not ended is failed ``internal`` (the message is acked, nothing would run it again).
+    """
+    if is_transient(exc):
+        try:
+            if ctx.batcher is not None:
+                for mate in mates:
+                    ctx.batcher.requeue(mate.id)
+            if ctx.ownership is not None:
+                for execution in executions:
+                    ctx.ownership.release(execution.job.id)
+        except redis.RedisError as err:  # still down: the parked messages wait for a restart's recovery
+            log.error("could not requeue the batch of %s: %s", executions[0].job.id, err)
+        return
+    log.exception("job %s: unexpected error outside the per-job handling", executions[0].job.id)
+    message = f"internal error ({type(exc).__name__})"
+    for execution in executions:
+        finished = _transition(
+            ctx,
+            "mark failed",
+            ctx.store.fail,
+            execution.job.id,
+            ErrorCode.internal,
+            message,
+            None,
+            execution.job.attempts,
+        )
+        if finished is not None:
+            ctx.metrics.jobs.labels(status="failed", reason=ErrorCode.internal.value).inc()
+    _release(ctx, executions, mates)
 
 
 def _release(ctx: WorkerContext, executions: list[Execution], mates: list[Job]) -> None:
@@ -351,10 +431,10 @@ def handle_failure(ctx: WorkerContext, execution: Execution, exc: Exception) -> 
         # Retries are exhausted. Record it if Redis lets us; if it does not, re-raise so the message is not
         # acked and the broker redelivers the job later (it must never stay 'running' silently).
         log.error("job %s: storage unavailable after retries: %s", job.id, exc)
+        # The exception text names internal endpoints (hosts, ports, bucket paths): it stays in the log.
+        message = f"storage unavailable ({type(exc).__name__}); retry later"
         try:
-            return finish_failed(
-                ctx, job, ErrorCode.internal, f"storage unavailable: {exc}", execution.timings
-            )
+            return finish_failed(ctx, job, ErrorCode.internal, message, execution.timings)
         except Exception:
             raise exc from None
     if code is ErrorCode.out_of_memory:
@@ -394,6 +474,8 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: Any) -> s
     fmt = job.params.output_format
     data = execution.timed("encode_output", _encode, result.image, fmt)
     height, width = int(result.image.shape[0]), int(result.image.shape[1])
+    if not _still_ours(ctx, job):
+        return "skipped"
     with_retries(
         ctx, ctx.blobs.put, result_key(job.id, fmt), data, job.params.content_type, what="store result"
     )
@@ -408,7 +490,7 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: Any) -> s
         height=height,
         bytes=len(data),
     )
-    finished = _transition(ctx, "mark succeeded", ctx.store.succeed, job.id, info, timings)
+    finished = _transition(ctx, "mark succeeded", ctx.store.succeed, job.id, info, timings, job.attempts)
     if finished is None:
         return "skipped"
     ctx.metrics.observe_stages(timings)
@@ -420,10 +502,25 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: Any) -> s
     return finished.status.value
 
 
+def _still_ours(ctx: WorkerContext, job: Job) -> bool:
+    """Before writing the result blob: is this attempt still the job's current one?
+
+    The result key is fixed per job, so a worker that was presumed dead (its job redelivered and maybe
+    already finished by another worker) would otherwise overwrite the recorded result with different bytes.
+    ``succeed`` fences the record itself; this check keeps the blob from being replaced first.
+    """
+    current = with_retries(ctx, ctx.store.get, job.id, what="re-read job")
+    if current is None or current.status is not JobStatus.running or current.attempts != job.attempts:
+        state = "gone" if current is None else f"{current.status}, attempt {current.attempts}"
+        log.warning("job %s: attempt %d is stale (%s); its result is discarded", job.id, job.attempts, state)
+        return False
+    return True
+
+
 def finish_failed(
     ctx: WorkerContext, job: Job, code: ErrorCode, message: str, timings: dict[str, float] | None = None
 ) -> str:
-    finished = _transition(ctx, "mark failed", ctx.store.fail, job.id, code, message, timings)
+    finished = _transition(ctx, "mark failed", ctx.store.fail, job.id, code, message, timings, job.attempts)
     if finished is None:
         return "skipped"
     log.warning("job %s failed: %s: %s", job.id, code.value, message)
@@ -433,7 +530,7 @@ def finish_failed(
 
 
 def finish_canceled(ctx: WorkerContext, job: Job) -> str:
-    finished = _transition(ctx, "mark canceled", ctx.store.mark_canceled, job.id)
+    finished = _transition(ctx, "mark canceled", ctx.store.mark_canceled, job.id, job.attempts)
     if finished is None:
         return "skipped"
     log.info("job %s canceled", job.id)

@@ -49,9 +49,9 @@ def test_progress_writes_are_throttled(harness: Harness) -> None:
     calls: list[tuple[str, int]] = []
     original = harness.ctx.store.set_progress
 
-    def counting(job_id: str, stage: str, step: int, total: int) -> bool:
+    def counting(job_id: str, stage: str, step: int, total: int, attempt: int | None = None) -> bool:
         calls.append((stage, step))
-        return original(job_id, stage, step, total)
+        return original(job_id, stage, step, total, attempt)
 
     harness.ctx.store.set_progress = counting  # type: ignore[method-assign]
     harness.pipeline.step_sleep_s = 0.005

@@ -1,0 +1,184 @@
+"""Fault paths found in the security/fault review: every job ends terminal, stale attempts write nothing,
+storage errors do not leak internals into the job document, and worker bookkeeping keys expire."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+from botocore.exceptions import EndpointConnectionError
+from celery import Celery
+
+from common.blobstore import BlobNotFoundError, result_key
+from common.jobs import ErrorCode, IdempotencyRecord, JobStatus, ResultInfo, result_url
+from common.queue import enqueue_restore, make_celery
+from tests.worker.conftest import Harness
+from tests.worker.test_batching import make_batcher
+from tests.worker.test_recovery import ownership
+from worker import tasks
+from worker.batching import PARKED_PREFIX, job_id_of
+from worker.recovery import HELD_PREFIX
+
+
+class UnreachableS3:
+    """A blob store whose every write fails the way boto3 does when the endpoint is down."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        raise EndpointConnectionError(endpoint_url=f"http://minio.internal.corp:9000/diffbir-prod/{key}")
+
+
+def test_storage_failure_does_not_put_internal_endpoints_in_the_job(harness: Harness) -> None:
+    job = harness.submit()
+    harness.ctx.blobs = UnreachableS3(harness.ctx.blobs)  # type: ignore[assignment]
+    assert tasks.run_job(harness.ctx, job.id) == "failed"
+    done = harness.ctx.store.get(job.id)
+    assert done is not None and done.error is not None and done.error.code is ErrorCode.internal
+    assert "storage unavailable" in done.error.message
+    assert "minio.internal.corp" not in done.error.message and "diffbir-prod" not in done.error.message
+
+
+def test_stale_attempt_neither_overwrites_the_result_nor_the_record(harness: Harness) -> None:
+    """Worker A was presumed dead; the job was redelivered to B, which finished it. A finishes late."""
+    job = harness.submit()
+    stale = harness.ctx.store.mark_running(job.id)  # A's attempt 1
+    assert stale is not None
+    store = harness.ctx.store
+    store.mark_running(job.id)  # B's attempt 2
+    harness.ctx.blobs.put(result_key(job.id, "png"), b"B's result", "image/png")
+    info = ResultInfo(url=result_url(job.id), content_type="image/png", width=32, height=24)
+    store.succeed(job.id, info, None, 2)
+
+    late = type(
+        "Result", (), {"image": np.zeros((24, 32, 3), np.uint8), "timings": {}, "peak_memory_bytes": None}
+    )
+    assert tasks.finish_succeeded(harness.ctx, tasks.Execution(harness.ctx, stale), late) == "skipped"
+    assert harness.ctx.blobs.get(result_key(job.id, "png")) == b"B's result"
+    done = store.get(job.id)
+    assert done is not None and done.status is JobStatus.succeeded and done.attempts == 2
+
+
+def test_stale_attempt_stops_once_a_newer_attempt_takes_over(harness: Harness) -> None:
+    job = harness.submit(steps=40)
+    harness.pipeline.step_sleep_s = 0.01
+
+    def redelivered_elsewhere(step: int) -> None:
+        if step == 3:
+            harness.ctx.store.mark_running(job.id)  # another worker's attempt 2 starts
+
+    harness.pipeline.on_step = redelivered_elsewhere
+    assert tasks.run_job(harness.ctx, job.id) == "skipped"
+    assert harness.pipeline.steps_run < 40  # stopped early instead of burning the GPU
+    done = harness.ctx.store.get(job.id)
+    assert done is not None and done.status is JobStatus.running and done.attempts == 2  # B's, untouched
+    with pytest.raises(BlobNotFoundError):
+        harness.ctx.blobs.get(result_key(job.id, "png"))
+
+
+def test_a_redelivered_message_after_success_neither_runs_nor_writes(harness: Harness) -> None:
+    job = harness.submit()
+    assert tasks.run_job(harness.ctx, job.id) == "succeeded"
+    stored = harness.ctx.blobs.get(result_key(job.id, "png"))
+    before = harness.ctx.store.get(job.id)
+    assert tasks.run_job(harness.ctx, job.id) == "skipped"
+    assert harness.pipeline.calls == 1
+    assert harness.ctx.blobs.get(result_key(job.id, "png")) == stored
+    assert harness.ctx.store.get(job.id) == before
+
+
+def test_a_bug_while_starting_a_job_fails_it_instead_of_leaving_it_running(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = harness.submit()
+
+    def broken(_job_id: str) -> bool:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(harness.ctx.store, "is_cancel_requested", broken)
+    with pytest.raises(KeyError):
+        tasks.run_job(harness.ctx, job.id)
+    done = harness.ctx.store.get(job.id)
+    assert done is not None and done.status is JobStatus.failed
+    assert done.error is not None and done.error.code is ErrorCode.internal
+
+
+def test_a_bug_outside_the_per_job_handling_fails_the_job(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = harness.submit()
+
+    def broken(*_args: object) -> list[str]:
+        raise ValueError("bug")
+
+    monkeypatch.setattr(tasks, "run_executions", broken)
+    with pytest.raises(ValueError):
+        tasks.run_job(harness.ctx, job.id)
+    done = harness.ctx.store.get(job.id)
+    assert done is not None and done.status is JobStatus.failed
+    assert done.error is not None and done.error.message == "internal error (ValueError)"
+
+
+@pytest.fixture
+def producer(harness: Harness) -> Iterator[Celery]:
+    app = make_celery(harness.ctx.settings)
+    yield app
+    app.close()
+
+
+def test_storage_outage_in_a_batch_hands_every_mate_back_to_the_queue(
+    harness: Harness, producer: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = harness.submit()
+    mates = []
+    for _ in range(2):
+        mate = harness.submit()
+        enqueue_restore(producer, harness.ctx.settings, mate.id)
+        mates.append(mate.id)
+    harness.ctx.batcher = make_batcher(harness, worker_id="w-batch", max_size=3)
+
+    def redis_gone(*_args: object) -> list[str]:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(tasks, "run_executions", redis_gone)
+    with pytest.raises(redis.ConnectionError):
+        tasks.run_job(harness.ctx, first.id)
+    # The first job's message is requeued by the task (Reject); the mates' must not vanish with the batch.
+    assert sorted(job_id_of(m) for m in harness.client.lrange("gpu", 0, -1)) == sorted(mates)
+    assert harness.client.hlen(PARKED_PREFIX + "w-batch") == 0
+
+
+def test_held_set_of_a_worker_expires(harness: Harness) -> None:
+    ownership(harness, "w-ttl", []).claim("j_" + "t" * 22)
+    assert 0 < harness.client.ttl(HELD_PREFIX + "w-ttl") <= 3600
+
+
+# Fleet-wide bookkeeping bounded by the number of workers (pruned by heartbeats and reaping), not by jobs.
+_FLEET_KEYS = {b"diffbir:workers", b"diffbir:holders", b"diffbir:batch:parked_workers"}
+
+
+def test_every_per_job_key_the_service_writes_expires(harness: Harness) -> None:
+    ctx = harness.ctx
+    ctx.ownership = ownership(harness, "w-keys", [])
+    succeeded, failed, running = (
+        harness.submit(),
+        harness.submit(data=b"\x89PNG\r\n\x1a\nbroken"),
+        harness.submit(),
+    )
+    assert tasks.run_job(ctx, succeeded.id) == "succeeded"
+    assert tasks.run_job(ctx, failed.id) == "failed"
+    ctx.store.mark_running(running.id)
+    ctx.ownership.claim(running.id)
+    ctx.store.request_cancel(running.id)  # sets the cancel flag of a running job
+    ctx.store.claim_idempotency("k_owner", "order-1", IdempotencyRecord(job_id=succeeded.id, fingerprint="f"))
+    ctx.store.heartbeat("w-keys")
+    keys = set(harness.client.scan_iter("diffbir:*"))
+    assert {k.split(b":")[1] for k in keys} >= {b"job", b"blob", b"cancel", b"idem", b"owner", b"held"}
+    unbounded = [k for k in keys - _FLEET_KEYS if harness.client.ttl(k) < 0]
+    assert unbounded == []
