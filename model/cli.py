@@ -25,12 +25,17 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["sr", "face", "denoise"], default="sr")
     p.add_argument("--upscale", type=float, default=None, help="output/input size (default 4 for sr, else 1)")
     p.add_argument("--fidelity", type=float, default=0.5, help="0 = free .. 1 = follow stage 1")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=["spaced", "ddim", "dpmpp"], default="spaced")
+    p.add_argument("--steps", type=int, default=None, help="default: the version's official (50; v2.1: 10)")
+    p.add_argument(
+        "--sampler",
+        choices=["spaced", "ddim", "dpmpp"],
+        default=None,
+        help="default: the version's official (spaced; v2.1: dpmpp)",
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--prompt", default="")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--prompt", default=None, help="default: the version's official positive prompt")
+    p.add_argument("--negative-prompt", default=None, help="default: the version's official negative prompt")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: official, 4; v2.1: 8)")
     p.add_argument("--color-fix", choices=["wavelet", "adain", "none"], default="wavelet")
     _common_model_args(p)
     p.add_argument(
@@ -85,7 +90,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from PIL import Image, ImageOps
 
     from model.errors import InvalidInputError
-    from model.pipeline import DiffBIRPipeline, RestoreOptions
+    from model.pipeline import DiffBIRPipeline, default_options
 
     try:
         with Image.open(args.input) as img:
@@ -97,18 +102,22 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"cannot read {args.input}: {exc}") from exc
     if pixels.dtype == np.dtype(">u2") or pixels.dtype == np.dtype("<u2"):
         pixels = pixels.astype(np.uint16)
-    defaults = RestoreOptions()
-    options = RestoreOptions(
-        task=args.task,
-        upscale=args.upscale if args.upscale is not None else (4.0 if args.task == "sr" else 1.0),
+    given = {
+        "upscale": args.upscale,
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "cfg_scale": args.cfg,
+    }
+    # Flags left out take the official defaults of --version (model.pipeline.OFFICIAL_SAMPLING).
+    options = default_options(
+        args.version,
+        args.task,
         fidelity=args.fidelity,
-        steps=args.steps,
-        sampler=args.sampler,
         seed=args.seed,
-        prompt=args.prompt,
-        negative_prompt=defaults.negative_prompt if args.negative_prompt is None else args.negative_prompt,
-        cfg_scale=args.cfg if args.cfg is not None else defaults.cfg_scale,
         color_fix=args.color_fix,
+        **{k: v for k, v in given.items() if v is not None},
     )
     pipe = DiffBIRPipeline.from_preset(
         preset=args.preset,

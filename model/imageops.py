@@ -30,7 +30,10 @@ def uint8_to_tensor(
         image = image[None]
     if image.ndim != 4 or image.shape[-1] != 3:
         raise InvalidInputError(f"expected an HxWx3 (or BxHxWx3) RGB image, got shape {image.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32)
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only buffers
+        image = image.copy()
+    x = torch.from_numpy(image).to(device=device, dtype=torch.float32)
     return x.div(255).clamp(0, 1).permute(0, 3, 1, 2).contiguous().to(dtype)
 
 
@@ -98,3 +101,18 @@ def pad_to_multiple(
 def crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Top-left `h` x `w` region (undoes bottom/right padding)."""
     return x[..., :h, :w]
+
+
+def resize_uint8_bicubic_pil(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """BxHxWx3 uint8 -> Bx`size`x3 uint8 with Pillow's bicubic, as the official inference loops upscale the
+    low-quality input before a x1 stage-1 net (`lq.resize(..., Image.BICUBIC)`). Pillow's kernel (a=-0.5,
+    rounded to uint8) differs from torch's bicubic (a=-0.75), so this is not `resize_bicubic_aa`."""
+    from PIL import Image
+
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise InvalidInputError(f"expected BxHxWx3 uint8 images, got {images.dtype} {images.shape}")
+    h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise InvalidInputError(f"resize target must be positive, got {size}")
+    resized = [np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BICUBIC)) for img in images]
+    return np.stack(resized)

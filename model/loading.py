@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model import convert
-from model.checkpoints import load_state_dict, load_strict
+from model.checkpoints import check_state_dict, load_state_dict, load_strict
 from model.cldm import ControlLDM, make_controlnet
 from model.config import DiffusionConfig, Stage2Config, get_diffusion, get_preset
 from model.errors import CheckpointMismatchError, ModelError
@@ -107,11 +107,15 @@ def init_tiny_random(seed: int = 0, diffusion: str | DiffusionConfig = "sd") -> 
 
 
 def _load_part(module: nn.Module, conversion: convert.Conversion, what: str) -> None:
-    """Strict load of a converted part; errors name unexpected/mismatched keys as they are in the file."""
-    if conversion.unused:
-        raise CheckpointMismatchError(what, unexpected=conversion.unused)
+    """Strict load of a converted part; errors name unexpected/mismatched keys as they are in the file.
+
+    Source keys the converter did not use are reported together with the module keys left missing, so a
+    RENAMED key shows up as both (its name in the file, and the module key it should have filled) instead
+    of only one of them. Missing keys carry the module's (diffusers) names: the file lacks the official key
+    that converts to them.
+    """
     try:
-        load_strict(module, conversion.state_dict, what, assign=True)
+        check_state_dict(module, conversion.state_dict, what)
     except CheckpointMismatchError as err:
 
         def name(key: str) -> str:
@@ -121,9 +125,12 @@ def _load_part(module: nn.Module, conversion: convert.Conversion, what: str) -> 
         raise CheckpointMismatchError(
             what,
             err.missing,
-            [name(k) for k in err.unexpected],
+            [*conversion.unused, *(name(k) for k in err.unexpected)],
             [(name(k), a, b) for k, a, b in err.shape_mismatches],
         ) from None
+    if conversion.unused:
+        raise CheckpointMismatchError(what, unexpected=conversion.unused)
+    load_strict(module, conversion.state_dict, what, assign=True)
 
 
 def load_sd_weights(

@@ -35,7 +35,7 @@ from model.cldm import Condition, ControlLDM
 from model.colorfix import apply_color_fix
 from model.errors import CanceledError, InvalidInputError, ModelError
 from model.guidance import Guidance
-from model.inputs import output_size, prepare_image
+from model.inputs import check_pixels, output_size, prepare_image
 from model.sampling import Sampler, Tiling, augment_condition, make_sampler, sample, start_latent
 from model.schedule import Diffusion, make_diffusion
 from model.stage1 import Stage1Net
@@ -73,6 +73,24 @@ STAGE1_BYTES_PER_OUT_PIXEL = 600  # 64 feature channels at output resolution x a
 IMAGE_BYTES_PER_PIXEL = 3 * 4 * 8  # float32 RGB copies alive during colour fix / resize (~8)
 
 
+# Prompts of the official inference (XPixelGroup/DiffBIR): v1/v2 README commands use an empty positive prompt
+# and this negative one; v2.1's `inference.py` defaults are the two long prompts below (its captioner, which
+# prepends an image caption to the positive prompt, is not part of this service).
+OFFICIAL_DEFAULT_NEGATIVE_PROMPT = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+OFFICIAL_V21_POSITIVE_PROMPT = (
+    "Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, "
+    "hyper detailed photo - realistic maximum detail, 32k, Color Grading, ultra HD, "
+    "extreme meticulous detailing, "
+    "skin pore detailing, hyper sharpness, perfect without deformations."
+)
+OFFICIAL_V21_NEGATIVE_PROMPT = (
+    "painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, "
+    "CG Style, 3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, "
+    "frames, watermark, "
+    "signature, jpeg artifacts, deformed, lowres, over-smooth."
+)
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     task: str = "sr"  # "sr" | "face" | "denoise"
@@ -82,7 +100,7 @@ class RestoreOptions:
     sampler: str = "spaced"  # "spaced" (reference DDPM) | "ddim" | "dpmpp"
     seed: int | None = None
     prompt: str = ""
-    negative_prompt: str = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
+    negative_prompt: str = OFFICIAL_DEFAULT_NEGATIVE_PROMPT
     cfg_scale: float = 4.0
     color_fix: str = "wavelet"  # "wavelet" | "adain" | "none"
 
@@ -360,11 +378,17 @@ class DiffBIRPipeline:
         tasks: Sequence[str] | None = None,
         compile: bool = False,
         seed: int = 0,
+        files_config: str = "full",
     ) -> DiffBIRPipeline:
         """`full`: the official weights of `version` (all `tasks`, default all three) from `weights_dir`,
         through the converted safetensors cache when `python -m model convert` wrote one. `tiny`: random
         weights with the tiny configs -- a smoke-test model that does NOT restore anything.
-        `device=None` picks CUDA if available; `precision=None` picks fp16 on CUDA, fp32 on CPU."""
+        `device=None` picks CUDA if available; `precision=None` picks fp16 on CUDA, fp32 on CPU.
+
+        `files_config` (preset `full` only) names the network sizes the official files are read with:
+        "full" (SD 2.1 base, the real files) or "tiny" (official-layout files written from the reference's
+        tiny weights, so the whole official loading path runs in tests; also picks the tiny diffusion
+        size and tile windows)."""
         from model import loading
 
         dev = _resolve_device(device)
@@ -388,8 +412,16 @@ class DiffBIRPipeline:
             models = dict.fromkeys(tasks, cldm)
             min_edge, tiles = TINY_MIN_SHORT_EDGE, TINY_TILES
         elif preset == "full":
-            models, nets = _load_full(version, tasks, weights_dir, dev, dtype)
-            min_edge, tiles = FULL_MIN_SHORT_EDGE, FULL_TILES
+            if files_config not in FILES_CONFIGS:
+                raise InvalidInputError(
+                    f"unknown files_config {files_config!r}; expected one of {FILES_CONFIGS}"
+                )
+            models, nets = _load_full(version, tasks, weights_dir, dev, dtype, files_config)
+            min_edge, tiles = (
+                (FULL_MIN_SHORT_EDGE, FULL_TILES)
+                if files_config == "full"
+                else (TINY_MIN_SHORT_EDGE, TINY_TILES)
+            )
         else:
             raise InvalidInputError(f"unknown preset {preset!r}; expected 'full' or 'tiny'")
         nets = {
@@ -474,6 +506,13 @@ class DiffBIRPipeline:
                     )
                 prep = prepare_image(image, self.max_pixels)
                 out_hw = output_size(*prep.size, options.upscale, self.max_pixels)
+                # Stage 2 runs with the short side raised to `min_short_edge`: a thin strip (8 x 2000 px)
+                # would become a huge image there, so the limit applies to that size too.
+                check_pixels(
+                    *self.diffusion_size(prep.size, out_hw, options.task),
+                    self.max_pixels,
+                    f"stage-2 (short side raised to {self.min_short_edge} px)",
+                )
                 seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED)
             except ModelError as exc:
                 results[i] = exc
@@ -529,7 +568,9 @@ class DiffBIRPipeline:
         vae_encode = sizes.vae_encode if too_big and max(ph, pw) > sizes.vae_encode else None
         vae_decode = sizes.vae_decode if too_big and max(lh, lw) > sizes.vae_decode else None
         net = self.stage1[task]
-        s1_out = (out_hw[0] * out_hw[1]) if net.scale == 1 else in_hw[0] * in_hw[1] * net.scale**2
+        # SwinIR runs at the diffusion size when untiled (see `run_stage1`), the others at the output size.
+        s1_hw = (h, w) if net.kind == "swinir" else out_hw
+        s1_out = (s1_hw[0] * s1_hw[1]) if net.scale == 1 else in_hw[0] * in_hw[1] * net.scale**2
         s1_bytes = STAGE1_BYTES_PER_OUT_PIXEL * e
         stage1_tile = None
         if s1_bytes * s1_out * batch > budget:
@@ -620,10 +661,12 @@ class DiffBIRPipeline:
 
         hooks.check("before stage 1")
         with timer.stage("stage1"):
+            if self.stage1[options.task].scale == 1 and in_hw != out_hw:
+                # The official loops upscale the uint8 input with Pillow before a x1 net (see run_stage1).
+                batch = imageops.resize_uint8_bicubic_pil(batch, out_hw)
             lq = imageops.uint8_to_tensor(batch, device=self.device)
-            clean = self.run_stage1(lq, options.task, out_hw, plan, hooks)
-            cond_img = imageops.ensure_min_short_edge(clean, self.min_short_edge)
-            del lq, clean
+            cond_img = self.run_stage1(lq, options.task, out_hw, plan, hooks)
+            del lq
         hooks.check("after stage 1")
         decoded = self.stage2(
             cond_img, options, generators, plan=plan, settings=self.stage2_settings, hooks=hooks, timer=timer
@@ -646,14 +689,28 @@ class DiffBIRPipeline:
         plan: TilePlan,
         hooks: _Hooks | None = None,
     ) -> torch.Tensor:
-        """Stage 1 at the OUTPUT size, clamped to [0, 1]. x1 nets (SwinIR, SCUNet) get the input resized to
-        the output size first (SwinIR was trained on upsampled inputs); x4 BSRNet runs on the input and its
-        output is
-        resized to the output size."""
+        """Stage 1 -> the condition image at the DIFFUSION size (the output size, short side raised to
+        `min_short_edge`), in the order of the official pipelines (`diffbir/pipeline.py`):
+
+        - SwinIR: the input resized to the output size; untiled, its short side is raised BEFORE the net, so
+          the net runs at the diffusion size (`SwinIRPipeline`); tiled, the net runs at the output size and
+          its result is raised.
+        - SCUNet: the input resized to the output size, the net, then the short side raised.
+
+        For x1 nets `restore` has already resized the uint8 input with Pillow's bicubic, as the official loops
+        do (`lq.resize(..., Image.BICUBIC)`); a tensor of another size is resized here (bicubic+antialias).
+        - BSRNet (x4): the net on the input, then ONE resize of its x4 result: to the output size, or, when
+          the output's short side is below `min_short_edge`, to that short side (`BSRNetPipeline`).
+
+        Not clamped: the reference feeds the raw stage-1 result to the VAE and the colour fix.
+        """
         net = self.stage1[task]
-        x = lq.to(self.dtype)
+        x = lq
         if net.scale == 1 and tuple(x.shape[-2:]) != out_hw:
-            x = imageops.resize_bicubic_aa(lq, out_hw).to(self.dtype)
+            x = imageops.resize_bicubic_aa(lq, out_hw)
+        if net.kind == "swinir" and not plan.stage1_tile:
+            x = imageops.ensure_min_short_edge(x, self.min_short_edge)
+        x = x.to(self.dtype)
         tiles = (
             num_tiles(*x.shape[-2:], plan.stage1_tile, plan.stage1_tile * 3 // 4) if plan.stage1_tile else 1
         )
@@ -672,9 +729,9 @@ class DiffBIRPipeline:
             if hooks:
                 hooks.progress("stage1", 1, 1)
         y = y.float()
-        if tuple(y.shape[-2:]) != out_hw:
-            y = imageops.resize_bicubic_aa(y, out_hw)
-        return y.clamp(0, 1)
+        if net.scale != 1 and min(out_hw) >= self.min_short_edge:
+            return imageops.resize_bicubic_aa(y, out_hw) if tuple(y.shape[-2:]) != out_hw else y
+        return imageops.ensure_min_short_edge(y, self.min_short_edge)
 
     def stage2(
         self,
@@ -799,6 +856,54 @@ STAGE2_SETTINGS: dict[str, Stage2Settings] = {
     "v2.1": Stage2Settings(),
 }
 
+# Official sampling defaults per version (v1: its release's `inference.py`; v2/v2.1: the README commands of
+# XPixelGroup/DiffBIR; see docs/model.md). v2.1's
+# `edm_dpm++_3m_sde` sampler is not offered here; "dpmpp" (DPM-Solver++) is the closest, at the same 10 steps.
+OFFICIAL_SAMPLING: dict[str, dict[str, Any]] = {
+    "v1": {
+        "sampler": "spaced",
+        "steps": 50,
+        "cfg_scale": 1.0,  # the v1 release sampled without CFG (cfg_scale=1.0, empty prompts)
+        "prompt": "",
+        "negative_prompt": OFFICIAL_DEFAULT_NEGATIVE_PROMPT,
+    },
+    "v2": {
+        "sampler": "spaced",
+        "steps": 50,
+        "cfg_scale": 4.0,
+        "prompt": "",
+        "negative_prompt": OFFICIAL_DEFAULT_NEGATIVE_PROMPT,
+    },
+    "v2.1": {
+        "sampler": "dpmpp",
+        "steps": 10,
+        "cfg_scale": 8.0,
+        "prompt": OFFICIAL_V21_POSITIVE_PROMPT,
+        "negative_prompt": OFFICIAL_V21_NEGATIVE_PROMPT,
+    },
+}
+
+
+def default_options(version: str, task: str, **overrides: Any) -> RestoreOptions:
+    """`RestoreOptions` with the official sampling defaults of `version` (sampler, steps, cfg, prompts) and
+    the README's upscale (4 for sr, 1 for face/denoise); `overrides` win. `fidelity` keeps this service's
+    default: the official default is no guidance, i.e. fidelity 0."""
+    if version not in OFFICIAL_SAMPLING:
+        raise InvalidInputError(f"unknown version {version!r}; expected one of {sorted(OFFICIAL_SAMPLING)}")
+    if task not in TASKS:
+        raise InvalidInputError(f"unknown task {task!r}; expected one of {TASKS}")
+    values = {
+        "task": task,
+        "upscale": 4.0 if task == "sr" else 1.0,
+        **OFFICIAL_SAMPLING[version],
+        **overrides,
+    }
+    return RestoreOptions(**values)
+
+
+# Config presets official files can be read with (`from_preset(files_config=...)`).
+FILES_CONFIGS = ("full", "tiny")
+
 # Stage-1 net kind per version and task (reference README, "Which stage-1 model goes with which version").
 STAGE1_KINDS: dict[str, dict[str, str]] = {
     "v1": {"sr": "swinir", "denoise": "swinir", "face": "swinir"},
@@ -827,8 +932,10 @@ def _load_full(
     weights_dir: str | Path | None,
     device: torch.device,
     dtype: torch.dtype,
+    files_config: str = "full",
 ) -> tuple[dict[str, ControlLDM], dict[str, Stage1Net]]:
-    """Official files of `version` for `tasks`; one SD copy shared by every ControlNet (v1 has two)."""
+    """Official files of `version` for `tasks`; one SD copy shared by every ControlNet (v1 has two).
+    `files_config` is the config preset the files are read with (see `from_preset`)."""
     from model import weights
     from model.errors import WeightsMissingError
     from model.stage1 import load_stage1
@@ -850,15 +957,17 @@ def _load_full(
             cache = converted_cache_path(weights_dir, version, cn)
             if by_controlnet:  # share UNet/VAE/text with the first model; only the ControlNet differs
                 first = next(iter(by_controlnet.values()))
-                other = _load_cldm(cache, paths, files, version, device, dtype)
+                other = _load_cldm(cache, paths, files, version, device, dtype, files_config)
                 by_controlnet[cn] = ControlLDM(
                     first.cfg, first.diffusion, first.unet, other.controlnet, first.vae, first.text
                 )
             else:
-                by_controlnet[cn] = _load_cldm(cache, paths, files, version, device, dtype)
+                by_controlnet[cn] = _load_cldm(cache, paths, files, version, device, dtype, files_config)
         models[task] = by_controlnet[cn]
         s1 = files["stage1"]
-        nets[task] = load_stage1(s1.stage1_kind or STAGE1_KINDS[version][task], paths[s1.name])
+        nets[task] = load_stage1(
+            s1.stage1_kind or STAGE1_KINDS[version][task], paths[s1.name], preset=files_config
+        )
     return models, nets
 
 
@@ -869,6 +978,7 @@ def _load_cldm(
     version: str,
     device: torch.device,
     dtype: torch.dtype,
+    files_config: str = "full",
 ) -> ControlLDM:
     from model import loading
 
@@ -877,7 +987,12 @@ def _load_cldm(
         return loading.load_converted(cache, device=device, dtype=dtype)
     log.info("loading official checkpoints (run `python -m model convert` once for faster starts)")
     return loading.load_official(
-        paths[files["sd"].name], paths[files["controlnet"].name], "full", version, device=device, dtype=dtype
+        paths[files["sd"].name],
+        paths[files["controlnet"].name],
+        files_config,
+        version,
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -895,9 +1010,12 @@ def _resolve_with_cache(
     return weights.resolve_names(list(dict.fromkeys(names)), weights_dir, version=version)
 
 
-def convert_version(version: str, weights_dir: str | Path | None = None) -> list[Path]:
+def convert_version(
+    version: str, weights_dir: str | Path | None = None, files_config: str = "full"
+) -> list[Path]:
     """Write the converted safetensors cache of every ControlNet of `version` (what `python -m model convert`
-    does); later `from_preset("full")` starts read these instead of the pickles."""
+    does); later `from_preset("full")` starts read these instead of the pickles. `files_config` as in
+    `DiffBIRPipeline.from_preset`."""
     from model import loading, weights
 
     written: list[Path] = []
@@ -909,7 +1027,7 @@ def convert_version(version: str, weights_dir: str | Path | None = None) -> list
             continue
         done.add(cn)
         paths = weights.resolve_names([files["sd"].name, cn], weights_dir, version=version)
-        ldm = loading.load_official(paths[files["sd"].name], paths[cn], "full", version)
+        ldm = loading.load_official(paths[files["sd"].name], paths[cn], files_config, version)
         written.append(loading.save_converted(ldm, converted_cache_path(weights_dir, version, cn)))
         del ldm
     return written

@@ -102,3 +102,32 @@ def test_bad_inputs_are_refused() -> None:
         resize_bicubic_aa(torch.rand(3, 4, 4), (2, 2))
     with pytest.raises(InvalidInputError):
         resize_bicubic_aa(torch.rand(1, 3, 4, 4), (0, 2))
+
+
+def test_uint8_to_tensor_accepts_read_only_arrays_without_warning() -> None:
+    import warnings
+
+    from model.imageops import uint8_to_tensor
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = uint8_to_tensor(image)
+    assert x.shape == (1, 3, 2, 3) and float(x[0, 2, 1, 2]) == pytest.approx(17 / 255)
+
+
+def test_pillow_bicubic_resize_of_uint8_batches() -> None:
+    from PIL import Image
+
+    from model.errors import InvalidInputError
+    from model.imageops import resize_uint8_bicubic_pil
+
+    batch = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    out = resize_uint8_bicubic_pil(batch, (10, 14))
+    assert out.shape == (2, 10, 14, 3) and out.dtype == np.uint8
+    assert np.array_equal(
+        out[1], np.asarray(Image.fromarray(batch[1]).resize((14, 10), Image.Resampling.BICUBIC))
+    )
+    with pytest.raises(InvalidInputError):
+        resize_uint8_bicubic_pil(batch.astype(np.uint16), (10, 14))
