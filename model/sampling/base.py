@@ -67,3 +67,23 @@ class Sampler(ABC):
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.num_steps:
             raise IndexError(f"step index {index} outside [0, {self.num_steps}); call set_timesteps first")
+
+
+class TabulatedSampler(Sampler):
+    """A sampler whose per-step alpha, sigma and guidance rescale are gathered once in `set_timesteps`.
+
+    The diffusers-backed samplers fill `_alpha`, `_sigma` and `_rescale` (device tensors, one entry per loop
+    index), so reading a step's coefficients is an index, never a sync.
+    """
+
+    _alpha: torch.Tensor
+    _sigma: torch.Tensor
+    _rescale: torch.Tensor
+
+    def alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_index(index)
+        return self._alpha[index], self._sigma[index]
+
+    def x0_grad_rescale(self, index: int) -> torch.Tensor:
+        self._check_index(index)
+        return self._rescale[index]

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from model.sampling.base import Sampler
+from model.sampling.base import TabulatedSampler
 from model.schedule import Diffusion
 
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
 
-class DDIMSampler(Sampler):
+class DDIMSampler(TabulatedSampler):
     def __init__(self, diffusion: Diffusion) -> None:
         super().__init__(diffusion)
         self.scheduler = DDIMScheduler(
@@ -41,14 +41,6 @@ class DDIMSampler(Sampler):
         ab_prev = torch.stack([ac[t - stride] if t >= stride else final for t in self.timesteps])
         self._alpha, self._sigma = ab.sqrt().to(device), (1 - ab).sqrt().to(device)
         self._rescale = 1 / _x0_coefficient(ab, ab_prev).to(device)
-
-    def alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_index(index)
-        return self._alpha[index], self._sigma[index]
-
-    def x0_grad_rescale(self, index: int) -> torch.Tensor:
-        self._check_index(index)
-        return self._rescale[index]
 
     def step(
         self, model_output: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None = None

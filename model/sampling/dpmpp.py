@@ -12,12 +12,12 @@ import warnings
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from model.sampling.base import Sampler
+from model.sampling.base import TabulatedSampler
 from model.sampling.ddim import PREDICTION_TYPES, _x0_coefficient
 from model.schedule import Diffusion
 
 
-class DPMSolverSampler(Sampler):
+class DPMSolverSampler(TabulatedSampler):
     def __init__(self, diffusion: Diffusion) -> None:
         super().__init__(diffusion)
         self.scheduler = DPMSolverMultistepScheduler(
@@ -46,17 +46,9 @@ class DPMSolverSampler(Sampler):
         sigma = sched.sigmas * alpha
         ab = alpha**2
         self._alpha, self._sigma = alpha[:-1].to(device), sigma[:-1].to(device)
+        # Guidance rescale: the first-order equivalent (as DDIM); second-order steps weight x0 a little more.
         self._rescale = 1 / _x0_coefficient(ab[:-1], ab[1:]).to(device)
         self._next_index = 0
-
-    def alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_index(index)
-        return self._alpha[index], self._sigma[index]
-
-    def x0_grad_rescale(self, index: int) -> torch.Tensor:
-        """First-order equivalent (as DDIM); second-order steps weight the current x0 a little more."""
-        self._check_index(index)
-        return self._rescale[index]
 
     def step(
         self, model_output: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None = None
