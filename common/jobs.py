@@ -33,6 +33,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
+from redis.client import Pipeline
 
 from common.errors import JobStateError
 from common.params import RestoreParams
@@ -253,6 +254,25 @@ class JobStore:
         """
         allowed = frozenset(allowed_from)
         key = job_key(job_id)
+
+        def act(pipe: Pipeline, job: Job) -> None:
+            if job.status not in allowed:
+                raise JobStateError(f"job {job_id} is {job.status}")
+            mutate(job)
+            pipe.multi()
+            if job.status.terminal:
+                # Keep finished jobs for a full TTL after they finish, not after they were queued.
+                pipe.set(key, job.to_redis(), ex=self.ttl)
+                pipe.delete(cancel_key(job_id))
+            else:
+                pipe.set(key, job.to_redis(), keepttl=True)
+
+        return self._atomically(job_id, act)
+
+    def _atomically(self, job_id: str, act: Callable[[Pipeline, Job], None]) -> Job | None:
+        """Read the job under WATCH, let ``act`` check it and queue its writes (after ``pipe.multi()``), and
+        commit; retried when another writer changed the job in between. None when the job does not exist."""
+        key = job_key(job_id)
         for _ in range(_MAX_TX_RETRIES):
             with self.redis.pipeline() as pipe:
                 try:
@@ -261,16 +281,7 @@ class JobStore:
                     if raw is None:
                         return None
                     job = Job.model_validate_json(raw)
-                    if job.status not in allowed:
-                        raise JobStateError(f"job {job_id} is {job.status}")
-                    mutate(job)
-                    pipe.multi()
-                    if job.status.terminal:
-                        # Keep finished jobs for a full TTL after they finish, not after they were queued.
-                        pipe.set(key, job.to_redis(), ex=self.ttl)
-                        pipe.delete(cancel_key(job_id))
-                    else:
-                        pipe.set(key, job.to_redis(), keepttl=True)
+                    act(pipe, job)
                     pipe.execute()
                     return job
                 except redis.WatchError:
@@ -366,27 +377,18 @@ class JobStore:
         Returns None when it does not exist.
         """
         key = job_key(job_id)
-        for _ in range(_MAX_TX_RETRIES):
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return None
-                    job = Job.model_validate_json(raw)
-                    if job.status.terminal:
-                        raise JobStateError(f"job {job_id} is already {job.status}")
-                    pipe.multi()
-                    if job.status is JobStatus.queued:
-                        _cancel_now(job)
-                        pipe.set(key, job.to_redis(), ex=self.ttl)
-                    else:
-                        pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
-                    pipe.execute()
-                    return job
-                except redis.WatchError:
-                    continue
-        raise JobStateError(f"job {job_id}: too much contention")
+
+        def act(pipe: Pipeline, job: Job) -> None:
+            if job.status.terminal:
+                raise JobStateError(f"job {job_id} is already {job.status}")
+            pipe.multi()
+            if job.status is JobStatus.queued:
+                _cancel_now(job)
+                pipe.set(key, job.to_redis(), ex=self.ttl)
+            else:
+                pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
+
+        return self._atomically(job_id, act)
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(job_id)))
