@@ -134,9 +134,11 @@ def _check_structure(data: bytes, fmt: str) -> None:
             raise InvalidImageError(f"corrupt or truncated png data: {exc}") from exc
     elif fmt == "jpeg":
         # 0xFFD9 cannot occur inside entropy-coded data (0xFF is byte-stuffed there), so a file truncated
-        # anywhere after its scan header has no EOI after the last SOS (0xFFDA).
-        last_scan = data.rfind(b"\xff\xda")
-        if last_scan < 0 or data.rfind(b"\xff\xd9") < last_scan:
+        # anywhere after its scan header has no EOI after the last SOS (0xFFDA). Checked as "a scan exists
+        # and none follows the last EOI": both searches stop near where the markers sit (the first SOS
+        # near the start, the last EOI at the end) instead of scanning the whole file for the last SOS.
+        last_eoi = data.rfind(b"\xff\xd9")
+        if last_eoi < 0 or data.find(b"\xff\xda", 0, last_eoi) < 0 or data.find(b"\xff\xda", last_eoi) >= 0:
             raise InvalidImageError("truncated jpeg data: no end-of-image marker after the scan")
     elif fmt == "webp" and int.from_bytes(data[4:8], "little") + 8 > len(data):
         raise InvalidImageError("truncated webp data: shorter than its RIFF header says")

@@ -7,6 +7,7 @@ prefetch 1 (a GPU worker never hoards jobs) and a visibility timeout longer than
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -74,3 +75,25 @@ async def queue_depth_async(client: Any, queue_name: str = "gpu") -> int:
         for name in queue_lists(queue_name):
             pipe.llen(name)
         return int(sum(await pipe.execute()))
+
+
+class SharedDepthReader:
+    """``queue_depth_async`` for many concurrent callers: one Redis round trip answers every caller that
+    asks while it is in flight (single flight).
+
+    A burst of uploads checks the depth at once; each check is a 4-command pipeline whose client-side cost
+    is as large as a third of the rest of the submission. The answer is never older than the request: a
+    caller either starts a fresh lookup or joins one that was still running when it asked. The shared
+    lookup is shielded, so one caller's cancellation never fails the others. One instance per event loop.
+    """
+
+    def __init__(self, client: Any, queue_name: str = "gpu"):
+        self.client = client
+        self.queue_name = queue_name
+        self._inflight: asyncio.Future[int] | None = None
+
+    async def depth(self) -> int:
+        inflight = self._inflight
+        if inflight is None or inflight.done():
+            inflight = self._inflight = asyncio.ensure_future(queue_depth_async(self.client, self.queue_name))
+        return await asyncio.shield(inflight)

@@ -11,7 +11,7 @@ from celery import Celery
 
 from common.blobstore import BlobStore, make_blobstore
 from common.jobs import AsyncJobStore, JobStore, connect, connect_async
-from common.queue import make_celery
+from common.queue import SharedDepthReader, make_celery
 from common.settings import Settings
 from service.auth import ApiKeyAuth
 from service.metrics import ApiMetrics
@@ -30,6 +30,14 @@ class Services:
     metrics: ApiMetrics
     # Bounds the memory held by uploads in flight (built in the lifespan, so inside the serving loop).
     upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # Queue-depth checks of concurrent submissions share one Redis round trip.
+    depth_reader: SharedDepthReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.depth_reader = SharedDepthReader(self.aredis, self.settings.queue_name)
+
+    async def queue_depth(self) -> int:
+        return await self.depth_reader.depth()
 
     @classmethod
     def build(cls, settings: Settings, metrics: ApiMetrics) -> Services:

@@ -76,7 +76,7 @@ async def restore(
     if idempotency_key is None:
         # Refuse before reading the upload. With a key, a retry of an accepted request must still get its
         # job back when the queue is full, so submit() checks the depth after the idempotency lookup.
-        depth = await queue_depth_async(services.aredis, services.settings.queue_name)
+        depth = await services.queue_depth()
         if (too_many := backpressure_error(services, depth)) is not None:
             raise too_many
     if services.upload_slots.locked():

@@ -63,7 +63,7 @@ class _Part:
     disposition: bytes = b""
     name: str = ""
     filename: str | None = None
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: list[bytes | memoryview] = field(default_factory=list)
     size: int = 0
 
 
@@ -98,7 +98,8 @@ class _FormCollector:
         part.size += end - start
         if part.filename is None and part.size > MAX_FIELD_BYTES:
             raise _malformed(f"a form field exceeds {MAX_FIELD_BYTES} bytes")
-        part.chunks.append(data[start:end])
+        # A view, not a slice: the image bytes are copied once, by the join in read_upload.
+        part.chunks.append(memoryview(data)[start:end])
 
     def on_part_end(self) -> None:
         self.parts.append(self._part)
