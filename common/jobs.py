@@ -509,11 +509,68 @@ _IN_FLIGHT: set[asyncio.Task[None]] = set()
 
 
 class AsyncJobStore:
-    """The API's non-blocking read path (job status polling is the hottest route)."""
+    """The API's event-loop side of the store: the read path (status polling is the hottest route) and a
+    submission's writes (job record, input blob, idempotency claim), so a submit needs no thread-pool hop
+    for Redis. Same keys and semantics as the matching ``JobStore`` methods; status transitions stay there.
+    """
 
-    def __init__(self, client: aioredis.Redis):
+    def __init__(self, client: aioredis.Redis, settings: Settings | None = None):
         self.redis = client
         self._gets = _CoalescedGets(client)
+        defaults = settings or Settings()
+        self.ttl = defaults.job_ttl_seconds
+        self.idempotency_ttl = defaults.idempotency_ttl_seconds
+
+    async def create(self, job: Job, with_writes: Callable[[Any], None] | None = None) -> None:
+        """``JobStore.create`` on the event loop; ``with_writes`` queues more writes (the input blob) on the
+        same MULTI, so the blob and the record land in one round trip."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if with_writes is not None:
+                with_writes(pipe)
+            pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
+            created = (await pipe.execute())[-1]
+        if not created:
+            raise JobStateError(f"job {job.id} already exists")
+
+    async def claim_idempotency(
+        self, owner: str, key: str, record: IdempotencyRecord
+    ) -> IdempotencyRecord | None:
+        """SET NX: None when this request now owns the key, else the record of the request that did."""
+        name = idempotency_key(owner, key)
+        doc = record.model_dump_json()
+        if await self.redis.set(name, doc, ex=self.idempotency_ttl, nx=True):
+            return None
+        raw = await self.redis.get(name)
+        if raw is None:  # expired between SET and GET: try once more
+            if await self.redis.set(name, doc, ex=self.idempotency_ttl, nx=True):
+                return None
+            raw = await self.redis.get(name) or doc
+        return IdempotencyRecord.model_validate_json(raw)
+
+    async def replace_idempotency(
+        self, owner: str, key: str, expected: IdempotencyRecord, record: IdempotencyRecord
+    ) -> bool:
+        """Swap ``expected`` for ``record`` atomically (compare-and-set); False if the key changed."""
+        name = idempotency_key(owner, key)
+        async with self.redis.pipeline() as pipe:
+            try:
+                await pipe.watch(name)
+                raw = await pipe.get(name)
+                if raw is None or IdempotencyRecord.model_validate_json(raw) != expected:
+                    return False
+                pipe.multi()
+                pipe.set(name, record.model_dump_json(), ex=self.idempotency_ttl)
+                await pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    async def release_idempotency(self, owner: str, key: str, job_id: str) -> None:
+        """Forget a claim whose submission failed, so the client can retry with the same key."""
+        name = idempotency_key(owner, key)
+        raw = await self.redis.get(name)
+        if raw is not None and json.loads(raw).get("job_id") == job_id:
+            await self.redis.delete(name)
 
     async def get_raw(self, job_id: str) -> bytes | None:
         return await self._gets.get(job_key(job_id))

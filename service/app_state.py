@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -11,17 +13,19 @@ from celery import Celery
 
 from common.blobstore import BlobStore, make_blobstore
 from common.jobs import AsyncJobStore, JobStore, connect, connect_async
-from common.queue import SharedDepthReader, make_celery
+from common.queue import SharedDepthReader, enqueue_restore, make_celery
 from common.settings import Settings
 from service.auth import ApiKeyAuth
 from service.metrics import ApiMetrics
+
+_PUBLISH_THREADS = 4
 
 
 @dataclass
 class Services:
     settings: Settings
     redis: redis.Redis  # blocking client, used from the thread pool
-    aredis: aioredis.Redis  # event-loop client for the hot read paths
+    aredis: aioredis.Redis  # event-loop client: the hot read paths and a submission's writes
     jobs: JobStore
     ajobs: AsyncJobStore
     blobs: BlobStore
@@ -32,12 +36,40 @@ class Services:
     upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     # Queue-depth checks of concurrent submissions share one Redis round trip.
     depth_reader: SharedDepthReader = field(init=False)
+    # Celery's producer is blocking, so publishing runs off the loop, on a few threads of its own rather
+    # than the shared pool: a burst of 32 uploads otherwise had up to 32 threads contending for the GIL
+    # (and for kombu's producer pool) at once, which stretched the tail latency.
+    publisher: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=_PUBLISH_THREADS, thread_name_prefix="publish")
+    )
 
     def __post_init__(self) -> None:
         self.depth_reader = SharedDepthReader(self.aredis, self.settings.queue_name)
 
     async def queue_depth(self) -> int:
         return await self.depth_reader.depth()
+
+    async def publish(self, job_id: str) -> Any:
+        """Enqueue the job's Celery task on the publisher threads.
+
+        A publish cannot be stopped midway, so a cancelled caller still waits for its outcome (as
+        ``run_in_threadpool`` does): a failed publish raises its error; ``CancelledError`` comes out only
+        once the message is out, so the caller can tell the two apart and never fails a job that was sent.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.publisher, enqueue_restore, self.celery, self.settings, job_id)
+        cancelled = False
+        while not future.done():
+            try:
+                await asyncio.wait([future])  # unlike awaiting it, a cancelled wait leaves the future alone
+            except asyncio.CancelledError:
+                cancelled = True
+        if future.cancelled():  # it never ran (the executor shut down): nothing was sent
+            raise RuntimeError(f"job {job_id} was not published: the publisher shut down")
+        result = future.result()  # a failed publish raises its own error here
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
     @classmethod
     def build(cls, settings: Settings, metrics: ApiMetrics) -> Services:
@@ -48,7 +80,7 @@ class Services:
             redis=sync_client,
             aredis=async_client,
             jobs=JobStore(sync_client, settings),
-            ajobs=AsyncJobStore(async_client),
+            ajobs=AsyncJobStore(async_client, settings),
             blobs=make_blobstore(settings, sync_client),
             celery=make_celery(settings),
             auth=ApiKeyAuth(settings),
@@ -59,4 +91,5 @@ class Services:
     async def aclose(self) -> None:
         await self.aredis.aclose()
         self.redis.close()
+        self.publisher.shutdown(wait=True)
         self.celery.close()

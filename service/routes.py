@@ -88,7 +88,7 @@ async def restore(
             request, services.settings.max_upload_bytes, services.settings.upload_timeout_s
         )
         params = parse_params(upload.fields)
-        submission = await run_in_threadpool(submit, services, owner, upload.image, params, idempotency_key)
+        submission = await submit(services, owner, upload.image, params, idempotency_key)
     headers = {"Location": f"/v1/jobs/{submission.job.id}"}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
