@@ -34,9 +34,11 @@ from model import imageops
 from model.cldm import Condition, ControlLDM
 from model.colorfix import apply_color_fix
 from model.errors import CanceledError, InvalidInputError, ModelError
+from model.graphs import CudaGraphs
 from model.guidance import Guidance
 from model.inputs import check_pixels, output_size, prepare_image
 from model.sampling import Sampler, Tiling, augment_condition, make_sampler, sample, start_latent
+from model.sampling.cfg import Denoiser
 from model.schedule import Diffusion, make_diffusion
 from model.stage1 import Stage1Net
 from model.tiling import num_tiles, tile_coords, window_weights
@@ -55,6 +57,9 @@ MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# Stage-1 and VAE calls on images up to this many output pixels (per batch) may be kept as CUDA graphs;
+# larger ones run eagerly so a one-off big image does not pin its activations in the graph pool.
+GRAPH_MAX_PIXELS = 1024 * 1024
 # The reference runs the diffusion with the short side at >= 512 px (SD 2.1-base's training size).
 FULL_MIN_SHORT_EDGE = 512
 # The tiny preset is for smoke tests: keep its diffusion small so CPU runs stay fast.
@@ -296,13 +301,14 @@ def _resolve_dtype(precision: str | None, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def _default_budget(device: torch.device) -> int:
+def _default_budget(device: torch.device, graph_pool_bytes: int = 0) -> int:
     """Bytes available for activations: CUDA free memory (plus what the allocator holds but does not use), or
     half of the machine's RAM on CPU. Taken at every call, so other processes on the GPU are accounted for."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int((free + cached) * 0.85)
+        # The CUDA graphs' pool is cached but not free for anything else.
+        return int(max(0, free + cached - graph_pool_bytes) * 0.85)
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
     except (ValueError, OSError, AttributeError):
@@ -331,7 +337,10 @@ class DiffBIRPipeline:
         tiles: TileSizes = FULL_TILES,
         channels_last: bool | None = None,
         compile: bool = False,
+        cuda_graphs: bool | CudaGraphs | None = None,
     ) -> None:
+        """`cuda_graphs`: replay the per-step nets (and warm stage-1 / VAE shapes) as CUDA graphs; None = on
+        for CUDA devices. A `CudaGraphs` instance brings its own capture backend (tests use a host one)."""
         missing = [t for t in models if t not in stage1]
         if missing or not models:
             raise ModelError(f"pipeline needs a stage-1 net and a ControlLDM per task; missing for {missing}")
@@ -357,6 +366,17 @@ class DiffBIRPipeline:
             self._to_channels_last()
         if compile:
             self._compile()
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        if cuda_graphs is True and self.device.type != "cuda":
+            raise InvalidInputError("cuda_graphs=True needs a CUDA device")
+        self.graphs: CudaGraphs | None = (
+            cuda_graphs
+            if isinstance(cuda_graphs, CudaGraphs)
+            else CudaGraphs(self.device)
+            if cuda_graphs
+            else None
+        )
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -379,6 +399,7 @@ class DiffBIRPipeline:
         compile: bool = False,
         seed: int = 0,
         files_config: str = "full",
+        cuda_graphs: bool | None = None,
     ) -> DiffBIRPipeline:
         """`full`: the official weights of `version` (all `tasks`, default all three) from `weights_dir`,
         through the converted safetensors cache when `python -m model convert` wrote one. `tiny`: random
@@ -439,6 +460,7 @@ class DiffBIRPipeline:
             stage2_settings=STAGE2_SETTINGS[version],
             tiles=tiles,
             compile=compile,
+            cuda_graphs=cuda_graphs,
         )
 
     def _unique_models(self) -> list[ControlLDM]:
@@ -527,9 +549,34 @@ class DiffBIRPipeline:
     # ---- batching and planning ---------------------------------------------------------------------------
 
     def _budget(self) -> int:
-        return (
-            self.memory_budget_bytes if self.memory_budget_bytes is not None else _default_budget(self.device)
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        return _default_budget(self.device, self.graphs.stats.pool_bytes if self.graphs else 0)
+
+    def _graphed(
+        self,
+        name: str,
+        owner: object,
+        fn: Callable[..., Any],
+        min_uses: int = 2,
+        max_numel: int | None = None,
+    ) -> Callable[..., Any]:
+        """`fn` through the pipeline's CUDA graph cache for `owner`, or `fn` itself when graphs are off."""
+        if self.graphs is None:
+            return fn
+        return self.graphs.cache(name, owner, fn, min_uses=min_uses, max_numel=max_numel)
+
+    def _denoiser(self, model: ControlLDM) -> Denoiser:
+        """The sampler's model call, captured once per shape and replayed at every step."""
+        if self.graphs is None:
+            return model
+        graphed = self.graphs.cache(
+            "denoiser",
+            model,
+            lambda x, t, c_txt, c_img, strength: model(x, t, Condition(c_txt, c_img), strength),
+            min_uses=1,
         )
+        return lambda x, t, cond, strength: graphed(x, t, cond.c_txt, cond.c_img, strength=strength)
 
     def _elem(self) -> int:
         return torch.finfo(self.dtype).bits // 8
@@ -619,6 +666,8 @@ class DiffBIRPipeline:
             if not isinstance(exc, ModelError):
                 log.exception("restore failed for %d image(s)", len(members))
             if self.device.type == "cuda" and isinstance(exc, torch.cuda.OutOfMemoryError):
+                if self.graphs is not None:
+                    self.graphs.clear()  # their pool is memory the next request may need
                 torch.cuda.empty_cache()  # leave the allocator usable for the next request
             for i in members:
                 results[i] = exc
@@ -725,7 +774,8 @@ class DiffBIRPipeline:
                 progress=(lambda d, t: hooks.progress("stage1", d, t)) if hooks else None,
             )
         else:
-            y = net(x)
+            # Graphed from the second request of a shape on; a large one-off image stays eager.
+            y = self._graphed("stage1", net, net, max_numel=GRAPH_MAX_PIXELS * 3 // net.scale**2)(x)
             if hooks:
                 hooks.progress("stage1", 1, 1)
         y = y.float()
@@ -764,13 +814,13 @@ class DiffBIRPipeline:
             target = (padded * 2 - 1).to(vae.dtype)
             fid = fidelity_mod.check_fidelity(options.fidelity)
             posterior = None
-            if fid > 0:
-                posterior = _posterior(vae, target, plan.vae_encode)
+            if fid > 0 or not plan.vae_encode:
+                posterior = self._encode(vae, target, plan.vae_encode)
                 c_img = posterior.mode() * vae.scale_factor
-            elif plan.vae_encode:
-                c_img = vae.encode_tiled(target, plan.vae_encode, TileSizes.stride(plan.vae_encode))
+                if fid == 0:
+                    posterior = None
             else:
-                c_img = vae.encode(target)
+                c_img = vae.encode_tiled(target, plan.vae_encode, TileSizes.stride(plan.vae_encode))
             c_img, _ = imageops.pad_to_multiple(c_img.float(), LATENT_PAD_MULTIPLE)
             c_txt = model.text.encode([options.prompt]).expand(b, -1, -1)
             use_cfg = options.cfg_scale != 1.0
@@ -805,7 +855,7 @@ class DiffBIRPipeline:
         with timer.stage("sampler"):
             hooks.progress("sampler", 0, options.steps)
             z = sample(
-                model,
+                self._denoiser(model),
                 sampler,
                 x_T,
                 cond,
@@ -827,10 +877,21 @@ class DiffBIRPipeline:
             if plan.vae_decode:
                 decoded = vae.decode_tiled(z, plan.vae_decode, TileSizes.stride(plan.vae_decode))
             else:
-                decoded = vae.decode(z)
+                decoded = self._graphed("vae_decode", vae, vae.decode, max_numel=GRAPH_MAX_PIXELS * 4 // 64)(
+                    z
+                )
             decoded = decoded.float()[:, :, :h0, :w0]
             hooks.progress("vae_decode", 1, 1)
         return decoded
+
+    def _encode(self, vae: Any, img: torch.Tensor, tile: int | None) -> DiagonalGaussianDistribution:
+        """The VAE posterior of `img` (tiled as `_posterior`; untiled through a CUDA graph once warm)."""
+        if tile:
+            return _posterior(vae, img, tile)
+        moments = self._graphed(
+            "vae_encode", vae, lambda x: vae.posterior(x).parameters, max_numel=GRAPH_MAX_PIXELS * 3
+        )(img)
+        return DiagonalGaussianDistribution(moments)
 
     def postprocess(
         self,

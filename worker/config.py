@@ -33,6 +33,11 @@ class WorkerSettings(Settings):
     worker_compile: bool = Field(
         False, description="torch.compile the UNet and ControlNet (faster steps; slow first call per shape)"
     )
+    worker_cuda_graphs: bool = Field(
+        True,
+        description="Replay the sampler's UNet+ControlNet step (and stage 1 / VAE at repeated sizes) as CUDA "
+        "graphs: one capture per shape, then one launch per step. CUDA only.",
+    )
     worker_warmup: bool = Field(
         False,
         description="Run one 512x512 restore before taking jobs (kernel choice, autotuning, compile, "

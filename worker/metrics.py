@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -110,6 +111,34 @@ class WorkerMetrics:
         self.redeliveries = Counter(
             "diffbir_worker_redeliveries_total", "Jobs started again after a lost worker.", registry=r
         )
+
+        self.cuda_graphs = Gauge(
+            "diffbir_worker_cuda_graphs",
+            "CUDA graphs held by the pipeline (one per net and input shape).",
+            registry=r,
+        )
+        self.cuda_graph_captures = Gauge(
+            "diffbir_worker_cuda_graph_captures",
+            "CUDA graph captures since the worker started (a steady value means shapes are reused).",
+            registry=r,
+        )
+        self.cuda_graph_failures = Gauge(
+            "diffbir_worker_cuda_graph_failures",
+            "Shapes whose CUDA graph capture failed and which run eagerly.",
+            registry=r,
+        )
+        self.cuda_graph_pool = Gauge(
+            "diffbir_worker_cuda_graph_pool_bytes",
+            "GPU memory the CUDA graphs' pool added to the allocator cache.",
+            registry=r,
+        )
+
+    def watch_graphs(self, graphs: Any) -> None:
+        """Read the pipeline's `CudaGraphs` at scrape time (duck-typed: metrics never import torch)."""
+        self.cuda_graphs.set_function(lambda: graphs.num_graphs)
+        self.cuda_graph_captures.set_function(lambda: graphs.stats.captures)
+        self.cuda_graph_failures.set_function(lambda: graphs.stats.failures)
+        self.cuda_graph_pool.set_function(lambda: graphs.stats.pool_bytes)
 
     def observe_stages(self, timings: Mapping[str, float]) -> None:
         for stage, seconds in timings.items():

@@ -70,6 +70,7 @@ def load_pipeline(settings: WorkerSettings) -> tuple[Any, Callable[..., Any]]:
         precision=settings.worker_precision,
         max_pixels=max(settings.max_input_pixels, settings.max_output_pixels),
         compile=settings.worker_compile,
+        cuda_graphs=None if settings.worker_cuda_graphs else False,  # None: on when the device is CUDA
     )
     if settings.worker_warmup or settings.worker_compile:
         warm_up(pipeline, RestoreOptions)
@@ -122,6 +123,8 @@ def build_context(settings: WorkerSettings, metrics: WorkerMetrics | None = None
     pipeline, options_factory = load_pipeline(settings)
     load_s = time.perf_counter() - started
     metrics.model_load.set(load_s)
+    if getattr(pipeline, "graphs", None) is not None:
+        metrics.watch_graphs(pipeline.graphs)
     client = connect(settings)
     store = JobStore(client, settings)
     return WorkerContext(

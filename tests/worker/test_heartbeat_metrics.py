@@ -64,3 +64,25 @@ def test_metrics_port_clash_does_not_raise() -> None:
         sock.listen()
         assert WorkerMetrics().serve(sock.getsockname()[1], "127.0.0.1") is False
     assert WorkerMetrics().serve(0) is False
+
+
+def test_cuda_graph_gauges_read_the_pipeline_at_scrape_time() -> None:
+    from prometheus_client import generate_latest
+
+    from model.graphs import CudaGraphs
+
+    metrics = WorkerMetrics()
+    graphs = CudaGraphs(device="cpu", capture=lambda fn: (fn(), lambda: None))  # type: ignore[arg-type]
+    metrics.watch_graphs(graphs)
+    assert b"diffbir_worker_cuda_graph_captures 0.0" in generate_latest(metrics.registry)
+    import torch
+
+    cache = graphs.cache("net", object(), lambda x: x + 1)
+    with torch.no_grad():
+        cache(torch.ones(2))
+    graphs.stats.pool_bytes = 1024
+    text = generate_latest(metrics.registry)
+    assert b"diffbir_worker_cuda_graphs 1.0" in text
+    assert b"diffbir_worker_cuda_graph_captures 1.0" in text
+    assert b"diffbir_worker_cuda_graph_pool_bytes 1024.0" in text
+    assert b"diffbir_worker_cuda_graph_failures 0.0" in text
