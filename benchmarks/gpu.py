@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], None])
         runs={},
     )
     half = torch.float32 if args.small else torch.float16
-    for cfg in configs:
+    for cfg in [] if args.compile_leg_only else configs:
         name = cfg if isinstance(cfg, str) else cfg.name
         log = out["runs"].setdefault(name, {})
         t0 = time.perf_counter()
@@ -344,20 +344,58 @@ def run(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], None])
         del pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if args.compile_leg and not args.small:
-        # torch.compile (default mode: fused kernels) captured in the same CUDA graphs; first call compiles.
-        pipe = make_pipeline("full", device, half, channels_last=True, compile=True)
-        guided = RestoreOptions(steps=steps, sampler="spaced", fidelity=0.5, cfg_scale=4.0)
-        leg = out["runs"]["full_compiled"] = {}
-        leg["spaced_guided_cfg"] = time_restore(pipe, size, guided, args.repeats)
+    if (args.compile_leg or args.compile_leg_only) and not args.small:
+        compile_leg(out, save, device, size, steps, fast_steps, batch_steps, args.repeats)
+
+
+def compile_leg(
+    out: dict[str, Any],
+    save: Callable[[], None],
+    device: torch.device,
+    size: int,
+    steps: int,
+    fast_steps: int,
+    batch_steps: int,
+    repeats: int,
+) -> None:
+    """torch.compile (default mode: fused kernels) inside the same CUDA graphs, against graphs alone in this
+    run. Every new batch shape compiles once (about a minute each on 16 cores): `first_call_s` shows it."""
+    leg = out["runs"].setdefault("full_compiled", {})
+    guided = RestoreOptions(steps=steps, sampler="spaced", fidelity=0.5, cfg_scale=4.0)
+    no_cfg = replace(guided, fidelity=0.0, cfg_scale=1.0, prompt="")
+    ref = make_pipeline("full", device, torch.float16, channels_last=True, compile=False)
+    leg["graphs_only_spaced_guided_cfg"] = time_restore(ref, size, guided, repeats)
+    leg["graphs_only_spaced_no_cfg"] = time_restore(ref, size, no_cfg, repeats)
+    del ref
+    torch.cuda.empty_cache()
+    pipe = make_pipeline("full", device, torch.float16, channels_last=True, compile=True)
+    cases = {
+        "spaced_guided_cfg": guided,  # CFG: batch-2 shape
+        "dpmpp_fast_guided_cfg": replace(guided, steps=fast_steps, sampler="dpmpp"),
+        "spaced_no_cfg": no_cfg,  # batch-1 shape
+        "dpmpp_fast_no_cfg": replace(no_cfg, steps=fast_steps, sampler="dpmpp"),
+    }
+    for key, options in cases.items():
+        leg[key] = time_restore(pipe, size, options, repeats)
+        print(json.dumps({"full_compiled": {key: leg[key]}}, default=float), flush=True)
         save()
-        # Same CFG batch shape as above: no recompilation (a batch-1 shape would compile again).
-        leg["dpmpp_fast_guided_cfg"] = time_restore(
-            pipe, size, replace(guided, steps=fast_steps, sampler="dpmpp"), args.repeats
-        )
-        leg["graphs"] = graph_stats(pipe)
-        print(json.dumps({"full_compiled": leg}, default=float), flush=True)
-        save()
+    leg["ratios"] = {
+        f"graphs_only_over_compiled_{k}": leg[f"graphs_only_{k}"]["s_per_image"] / leg[k]["s_per_image"]
+        for k in ("spaced_guided_cfg", "spaced_no_cfg")
+    }
+    save()
+    leg["batches"] = {}
+    # Shapes already compiled come first, so a run cut short still has the cheap ones.
+    for key, cfg_scale, sizes in (("no_cfg", 1.0, (1, 4, 8)), ("cfg", 4.0, (1, 4, 8))):
+        opts = RestoreOptions(steps=batch_steps, sampler="spaced", fidelity=0.0, cfg_scale=cfg_scale)
+        entries = leg["batches"][key] = []
+        for b in sizes:
+            entries.append({**time_batch(pipe, size, opts, b), "steps": batch_steps})
+            entries[-1]["speedup_vs_batch1"] = entries[-1]["images_per_s"] / entries[0]["images_per_s"]
+            print(json.dumps({"full_compiled": {key: entries[-1]}}, default=float), flush=True)
+            save()
+    leg["graphs"] = graph_stats(pipe)
+    save()
 
 
 def main() -> int:
@@ -370,6 +408,7 @@ def main() -> int:
     parser.add_argument(
         "--compile-leg", action="store_true", help="last: torch.compile + CUDA graphs (compiles for minutes)"
     )
+    parser.add_argument("--compile-leg-only", action="store_true", help="only the torch.compile leg")
     args = parser.parse_args()
     if not args.small and not torch.cuda.is_available():
         parser.error("no CUDA device: use --small for the CPU variant")

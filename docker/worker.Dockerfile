@@ -55,6 +55,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     DIFFBIR_WORKER_DEVICE=cuda \
     DIFFBIR_WORKER_METRICS_PORT=9101 \
     HF_HOME=/weights/.cache/huggingface
+# torch.compile (DIFFBIR_WORKER_COMPILE, on in docker-compose.yml) runs Triton, which builds its small CUDA
+# launcher with a C compiler at first use. Not version-pinned on purpose: Ubuntu drops superseded package
+# versions from its archive, so a pin breaks rebuilds; the base image tag fixes the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 diffbir \
     && useradd --system --uid 10001 --gid diffbir --no-create-home --home-dir /nonexistent diffbir \
     && mkdir -p /weights \

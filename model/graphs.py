@@ -159,7 +159,11 @@ class GraphCache:
             buffer.copy_(tensor)
         try:
             output, replay = self.capture(lambda: self.fn(*inputs, **static))
-        except Exception:  # any failure: this shape stays eager; the request itself must not fail
+        except torch.cuda.OutOfMemoryError:
+            # Transient (other work holds the memory): run eagerly now and try to capture again next time.
+            log.warning("no GPU memory to capture %s for %s; running it eagerly", self.name, key[0])
+            return None
+        except Exception:  # any other failure: this shape stays eager; the request itself must not fail
             self._failed.add(key)
             self.stats.failures += 1
             log.warning(

@@ -117,6 +117,23 @@ def test_failed_capture_falls_back_to_eager_once_and_for_all() -> None:
     assert cache.stats.failures == 1 and cache.stats.eager_calls == 3 and len(cache) == 0
 
 
+def test_out_of_memory_during_capture_is_retried_later() -> None:
+    host = HostCapture()
+    attempts: list[int] = []
+
+    def tight(fn: Callable[[], Any]) -> tuple[Any, Callable[[], None]]:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return host(fn)
+
+    cache = GraphCache(affine, tight, GraphStats(), name="test")
+    assert cache(torch.ones(2), torch.ones(2)).tolist() == [2.0, 2.0]  # eager this time
+    assert cache.stats.failures == 0 and len(cache) == 0
+    assert cache(torch.ones(2), torch.full((2,), 3.0)).tolist() == [4.0, 4.0]
+    assert host.captures == 1 and len(cache) == 1
+
+
 def test_grad_mode_stays_eager_and_differentiable() -> None:
     cache, capture = _cache()
     a = torch.ones(2, requires_grad=True)
@@ -222,3 +239,18 @@ def test_cuda_graphs_need_cuda(eager: DiffBIRPipeline) -> None:
     with pytest.raises(InvalidInputError, match="CUDA"):
         DiffBIRPipeline(eager.models, eager.stage1, preset="tiny", device="cpu", cuda_graphs=True)
     assert DiffBIRPipeline(eager.models, eager.stage1, preset="tiny", device="cpu").graphs is None
+
+
+def test_compile_raises_dynamo_recompile_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._dynamo
+
+    from model.pipeline import COMPILE_RECOMPILE_LIMIT
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(config, name, 8)  # dynamo's default; restored after the test
+    pipe = DiffBIRPipeline.from_preset("tiny", version="v2", device="cpu", precision="fp32", compile=True)
+    assert getattr(config, name) == COMPILE_RECOMPILE_LIMIT
+    model = pipe.models["sr"]
+    assert isinstance(model.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(model.controlnet, torch._dynamo.eval_frame.OptimizedModule)

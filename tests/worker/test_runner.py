@@ -47,19 +47,20 @@ def real_pipeline() -> Iterator[tuple[object, object]]:
     yield runner.load_pipeline(settings)
 
 
-def test_warm_up_runs_one_default_restore_before_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_up_runs_a_cfg_and_a_no_cfg_restore_before_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     from model.pipeline import DiffBIRPipeline
 
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[int, int, float]] = []
     real_restore = DiffBIRPipeline.restore
 
     def spy(self: DiffBIRPipeline, image, options=None, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(image.shape[:2])
+        calls.append((*image.shape[:2], options.cfg_scale))
         return real_restore(self, image, options, *args, **kwargs)
 
     monkeypatch.setattr(DiffBIRPipeline, "restore", spy)
     pipeline, _ = runner.load_pipeline(worker_settings("redis://unused", worker_warmup=True))
-    assert calls == [(128, 128)]
+    # Both denoiser batch shapes a 512 px job can need: with CFG (the default) and without.
+    assert calls == [(128, 128, 4.0), (128, 128, 1.0)]
     # The API's output limit, so a job the API accepted is not refused by the model later.
     assert pipeline.max_pixels == 4096 * 4096
     calls.clear()
