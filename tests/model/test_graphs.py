@@ -176,9 +176,9 @@ def eager() -> DiffBIRPipeline:
     return DiffBIRPipeline.from_preset("tiny", version="v2", device="cpu", precision="fp32")
 
 
-def _graphed(eager: DiffBIRPipeline) -> tuple[DiffBIRPipeline, HostCapture]:
-    capture = HostCapture()
-    pipe = DiffBIRPipeline(
+def _sibling(eager: DiffBIRPipeline, **kwargs: Any) -> DiffBIRPipeline:
+    """Another pipeline over the same tiny nets (graphs or a memory budget of its own)."""
+    return DiffBIRPipeline(
         eager.models,
         eager.stage1,
         version=eager.version,
@@ -186,9 +186,13 @@ def _graphed(eager: DiffBIRPipeline) -> tuple[DiffBIRPipeline, HostCapture]:
         device=eager.device,
         min_short_edge=eager.min_short_edge,
         tiles=eager.tiles,
-        cuda_graphs=CudaGraphs(eager.device, capture=capture),
+        **kwargs,
     )
-    return pipe, capture
+
+
+def _graphed(eager: DiffBIRPipeline) -> tuple[DiffBIRPipeline, HostCapture]:
+    capture = HostCapture()
+    return _sibling(eager, cuda_graphs=CudaGraphs(eager.device, capture=capture)), capture
 
 
 @pytest.mark.parametrize("fidelity, cfg_scale", [(0.0, 1.0), (0.5, 4.0)])
@@ -214,16 +218,7 @@ def test_graphed_pipeline_tiled_and_batched(eager: DiffBIRPipeline) -> None:
     pipe, capture = _graphed(eager)
     images = [np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8) for i in range(2)]
     options = [RestoreOptions(steps=2, seed=i, upscale=2.0, cfg_scale=2.0) for i in range(2)]
-    eager_tight = DiffBIRPipeline(
-        eager.models,
-        eager.stage1,
-        version=eager.version,
-        preset=eager.preset,
-        device=eager.device,
-        min_short_edge=eager.min_short_edge,
-        tiles=eager.tiles,
-        memory_budget_bytes=1,
-    )
+    eager_tight = _sibling(eager, memory_budget_bytes=1)
     pipe.memory_budget_bytes = 1  # everything tiled: latent windows share one graph
     plan = pipe.plan((40, 40), (80, 80), "sr", 2, True)
     assert plan.latent is not None
