@@ -20,7 +20,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,6 +303,13 @@ def _resolve_dtype(precision: str | None, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _latent_size(h: int, w: int) -> tuple[int, int]:
+    """A diffusion size in pixels -> its latent size; refuses sizes no padded image can have."""
+    if h <= 0 or w <= 0 or h % PAD_MULTIPLE or w % PAD_MULTIPLE:
+        raise InvalidInputError(f"compile sizes must be positive multiples of {PAD_MULTIPLE} px, got {h}x{w}")
+    return h // 8, w // 8
+
+
 def _default_budget(device: torch.device, graph_pool_bytes: int = 0) -> int:
     """Bytes available for activations: CUDA free memory (plus what the allocator holds but does not use), or
     half of the machine's RAM on CPU. Taken at every call, so other processes on the GPU are accounted for."""
@@ -340,9 +347,14 @@ class DiffBIRPipeline:
         channels_last: bool | None = None,
         compile: bool = False,
         cuda_graphs: bool | CudaGraphs | None = None,
+        compile_sizes: Collection[tuple[int, int]] | None = None,
     ) -> None:
         """`cuda_graphs`: replay the per-step nets (and warm stage-1 / VAE shapes) as CUDA graphs; None = on
-        for CUDA devices. A `CudaGraphs` instance brings its own capture backend (tests use a host one)."""
+        for CUDA devices. A `CudaGraphs` instance brings its own capture backend (tests use a host one).
+
+        `compile`: torch.compile the UNet and ControlNet, for every shape or, with `compile_sizes`, only for
+        diffusion sizes (H, W) in pixels in that set (multiples of 64; 512x512 also covers tiled windows);
+        other sizes run the eager nets, so an unusual size never waits a minute for a compilation."""
         missing = [t for t in models if t not in stage1]
         if missing or not models:
             raise ModelError(f"pipeline needs a stage-1 net and a ControlLDM per task; missing for {missing}")
@@ -366,8 +378,10 @@ class DiffBIRPipeline:
             channels_last = self.device.type == "cuda"
         if channels_last:
             self._to_channels_last()
-        if compile:
-            self._compile()
+        self.compile_latents: frozenset[tuple[int, int]] | None = (
+            None if compile_sizes is None else frozenset(_latent_size(h, w) for h, w in compile_sizes)
+        )
+        self._compiled: dict[int, ControlLDM] = self._compile() if compile else {}
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
         if cuda_graphs is True and self.device.type != "cuda":
@@ -402,6 +416,7 @@ class DiffBIRPipeline:
         seed: int = 0,
         files_config: str = "full",
         cuda_graphs: bool | None = None,
+        compile_sizes: Collection[tuple[int, int]] | None = None,
     ) -> DiffBIRPipeline:
         """`full`: the official weights of `version` (all `tasks`, default all three) from `weights_dir`,
         through the converted safetensors cache when `python -m model convert` wrote one. `tiny`: random
@@ -463,6 +478,7 @@ class DiffBIRPipeline:
             tiles=tiles,
             compile=compile,
             cuda_graphs=cuda_graphs,
+            compile_sizes=compile_sizes,
         )
 
     def _unique_models(self) -> list[ControlLDM]:
@@ -475,9 +491,10 @@ class DiffBIRPipeline:
         for net in self.stage1.values():
             net.to(memory_format=torch.channels_last)
 
-    def _compile(self) -> None:
-        """torch.compile the two nets run at every step; each new input shape compiles once (about a minute
-        for the full model on 16 cores; TORCHINDUCTOR_CACHE_DIR keeps the result for later processes).
+    def _compile(self) -> dict[int, ControlLDM]:
+        """Compiled twins of the ControlLDMs (same weights; the UNet and ControlNet wrapped by torch.compile),
+        by id of the eager model. Each new input shape compiles once (about a minute for the full model on 16
+        cores; TORCHINDUCTOR_CACHE_DIR keeps the result for later processes).
 
         The UNet's and the ControlNet's forwards share one diffusers decorator, and dynamo counts recompiles
         per code object: its default limit (8) is spent after four batch shapes, and past it dynamo silently
@@ -488,12 +505,25 @@ class DiffBIRPipeline:
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(int(getattr(config, name)), COMPILE_RECOMPILE_LIMIT))
         done: dict[int, Any] = {}
-        for m in self._unique_models():
-            for name in ("unet", "controlnet"):
-                mod = getattr(m, name)
-                if id(mod) not in done:
-                    done[id(mod)] = torch.compile(mod, dynamic=False)
-                setattr(m, name, done[id(mod)])
+
+        def compiled(mod: torch.nn.Module) -> Any:
+            if id(mod) not in done:
+                done[id(mod)] = torch.compile(mod, dynamic=False)
+            return done[id(mod)]
+
+        return {
+            id(m): ControlLDM(m.cfg, m.diffusion, compiled(m.unet), compiled(m.controlnet), m.vae, m.text)
+            for m in self._unique_models()
+        }
+
+    def _net_for(self, model: ControlLDM, x: torch.Tensor) -> ControlLDM:
+        """The compiled twin of `model` when this latent size is one to compile, else `model` itself."""
+        twin = self._compiled.get(id(model))
+        if twin is None:
+            return model
+        if self.compile_latents is not None and tuple(x.shape[-2:]) not in self.compile_latents:
+            return model
+        return twin
 
     # ---- public API --------------------------------------------------------------------------------------
 
@@ -579,13 +609,16 @@ class DiffBIRPipeline:
         return self.graphs.cache(name, owner, fn, min_uses=min_uses, max_numel=max_numel)
 
     def _denoiser(self, model: ControlLDM) -> Denoiser:
-        """The sampler's model call, captured once per shape and replayed at every step."""
+        """The sampler's model call (compiled or not by size), captured once per shape and replayed at every
+        step."""
         if self.graphs is None:
-            return model
+            return lambda x, t, cond, strength: self._net_for(model, x)(x, t, cond, strength)
         graphed = self.graphs.cache(
             "denoiser",
             model,
-            lambda x, t, c_txt, c_img, strength: model(x, t, Condition(c_txt, c_img), strength),
+            lambda x, t, c_txt, c_img, strength: self._net_for(model, x)(
+                x, t, Condition(c_txt, c_img), strength
+            ),
             min_uses=1,
         )
         return lambda x, t, cond, strength: graphed(x, t, cond.c_txt, cond.c_img, strength=strength)

@@ -10,7 +10,7 @@ import os
 import socket
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.settings import Settings
 
@@ -33,8 +33,14 @@ class WorkerSettings(Settings):
     worker_compile: bool = Field(
         False,
         description="torch.compile the UNet and ControlNet, run inside the CUDA graphs (1.5x faster steps "
-        "on an H200; about a minute of compilation per new input shape, cached in TORCHINDUCTOR_CACHE_DIR). "
-        "On in docker-compose.yml.",
+        "on an H200), for the sizes in DIFFBIR_WORKER_COMPILE_SIZES; about a minute of compilation per new "
+        "batch shape, cached in TORCHINDUCTOR_CACHE_DIR. On in docker-compose.yml.",
+    )
+    worker_compile_sizes: list[str] = Field(
+        default_factory=lambda: ["512x512"],
+        description="Diffusion sizes (HxW px, multiples of 64) that compile uses, as a JSON list; "
+        '"all" = every size. Others run uncompiled (still graphed), so an unusual size never waits for a '
+        "compilation; 512x512 also covers the windows of tiled images.",
     )
     worker_cuda_graphs: bool = Field(
         True,
@@ -50,12 +56,36 @@ class WorkerSettings(Settings):
         10, ge=1, description="How often kombu looks for unacked messages past the visibility timeout."
     )
 
+    @field_validator("worker_compile_sizes")
+    @classmethod
+    def _check_compile_sizes(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            if size != "all":
+                _parse_size(size)
+        return sizes
+
+    def compile_sizes(self) -> list[tuple[int, int]] | None:
+        """`worker_compile_sizes` as (H, W) pairs; None = every size."""
+        if "all" in self.worker_compile_sizes:
+            return None
+        return [_parse_size(s) for s in self.worker_compile_sizes]
+
     @model_validator(mode="after")
     def _default_worker_id(self) -> WorkerSettings:
         if not self.worker_id:
             # Settings is frozen; this runs during validation, before the freeze applies to callers.
             object.__setattr__(self, "worker_id", f"{socket.gethostname()}:{os.getpid()}")
         return self
+
+
+def _parse_size(size: str) -> tuple[int, int]:
+    h, sep, w = size.lower().partition("x")
+    if not sep or not h.strip().isdigit() or not w.strip().isdigit():
+        raise ValueError(f'compile size must look like "512x768", got {size!r}')
+    height, width = int(h), int(w)
+    if height <= 0 or width <= 0 or height % 64 or width % 64:
+        raise ValueError(f"compile size must be positive multiples of 64 px, got {size!r}")
+    return height, width
 
 
 @lru_cache(maxsize=1)

@@ -70,6 +70,7 @@ def load_pipeline(settings: WorkerSettings) -> tuple[Any, Callable[..., Any]]:
         precision=settings.worker_precision,
         max_pixels=max(settings.max_input_pixels, settings.max_output_pixels),
         compile=settings.worker_compile,
+        compile_sizes=settings.compile_sizes(),
         cuda_graphs=None if settings.worker_cuda_graphs else False,  # None: on when the device is CUDA
     )
     if settings.worker_warmup or settings.worker_compile:

@@ -236,7 +236,7 @@ def test_cuda_graphs_need_cuda(eager: DiffBIRPipeline) -> None:
     assert DiffBIRPipeline(eager.models, eager.stage1, preset="tiny", device="cpu").graphs is None
 
 
-def test_compile_raises_dynamo_recompile_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_makes_twins_and_picks_them_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch._dynamo
 
     from model.pipeline import COMPILE_RECOMPILE_LIMIT
@@ -244,8 +244,21 @@ def test_compile_raises_dynamo_recompile_limit(monkeypatch: pytest.MonkeyPatch) 
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     monkeypatch.setattr(config, name, 8)  # dynamo's default; restored after the test
-    pipe = DiffBIRPipeline.from_preset("tiny", version="v2", device="cpu", precision="fp32", compile=True)
+    pipe = DiffBIRPipeline.from_preset(
+        "tiny", version="v2", device="cpu", precision="fp32", compile=True, compile_sizes=[(64, 64)]
+    )
     assert getattr(config, name) == COMPILE_RECOMPILE_LIMIT
     model = pipe.models["sr"]
-    assert isinstance(model.unet, torch._dynamo.eval_frame.OptimizedModule)
-    assert isinstance(model.controlnet, torch._dynamo.eval_frame.OptimizedModule)
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    assert not isinstance(model.unet, compiled)  # the eager nets stay as they were
+    twin = pipe._net_for(model, torch.zeros(2, 4, 8, 8))  # 64 px diffusion = 8x8 latent: compiled
+    assert twin is not model and isinstance(twin.unet, compiled) and isinstance(twin.controlnet, compiled)
+    assert twin.unet._orig_mod is model.unet and twin.vae is model.vae
+    assert pipe._net_for(model, torch.zeros(2, 4, 8, 16)) is model  # another size: eager, no compilation
+    everything = DiffBIRPipeline.from_preset(
+        "tiny", version="v2", device="cpu", precision="fp32", compile=True
+    )
+    any_model = everything.models["sr"]
+    assert everything._net_for(any_model, torch.zeros(1, 4, 8, 24)) is not any_model
+    with pytest.raises(InvalidInputError, match="multiples of 64"):
+        DiffBIRPipeline(pipe.models, pipe.stage1, device="cpu", compile=True, compile_sizes=[(100, 64)])

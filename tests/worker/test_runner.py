@@ -115,3 +115,30 @@ def test_importing_the_worker_app_and_task_does_not_load_torch() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFBIR_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+
+
+def test_compile_sizes_setting_reaches_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.pipeline import DiffBIRPipeline
+
+    seen: dict[str, object] = {}
+
+    def fake_from_preset(**kwargs: object) -> object:
+        seen.update(kwargs)
+        return object()
+
+    monkeypatch.setattr(DiffBIRPipeline, "from_preset", staticmethod(fake_from_preset))
+    runner.load_pipeline(worker_settings("redis://unused", worker_compile_sizes=["512x512", "768x1024"]))
+    assert seen["compile_sizes"] == [(512, 512), (768, 1024)]
+    assert seen["cuda_graphs"] is None  # on exactly when the device is CUDA
+    runner.load_pipeline(
+        worker_settings("redis://unused", worker_compile_sizes=["all"], worker_cuda_graphs=False)
+    )
+    assert seen["compile_sizes"] is None and seen["cuda_graphs"] is False
+
+
+@pytest.mark.parametrize("bad", [["512"], ["512x500"], ["0x512"], ["axb"]])
+def test_bad_compile_sizes_are_refused_at_start(bad: list[str]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="compile size"):
+        worker_settings("redis://unused", worker_compile_sizes=bad)
