@@ -214,7 +214,8 @@ class CudaGraphs:
 
     @property
     def num_graphs(self) -> int:
-        return sum(len(c) for c in self._caches.values())
+        # A snapshot: the metrics endpoint reads this from its own thread while jobs add caches.
+        return sum(len(c) for c in tuple(self._caches.values()))
 
     def clear(self) -> None:
         """Drop every graph (their pool goes back to the allocator once the graphs are gone)."""
