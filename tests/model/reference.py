@@ -1,4 +1,8 @@
-"""Golden tensors in ../shared/reference, produced by the original DiffBIR code with random weights."""
+"""Golden tensors produced by the original DiffBIR code with random weights (spec: tests/reference/README.md).
+
+They live in the repo (`tests/reference/`, refreshed by `scripts/refresh_reference.py`), so the suite runs on
+any clone; `DIFFBIR_REFERENCE_DIR` points the tests at another copy.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 REFERENCE_DIR = Path(
-    os.environ.get("DIFFBIR_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference")
+    os.environ.get("DIFFBIR_REFERENCE_DIR") or Path(__file__).resolve().parents[1] / "reference"
 )
 TINY_DIR = REFERENCE_DIR / "tiny"
 MANIFEST_DIR = REFERENCE_DIR / "manifests"
