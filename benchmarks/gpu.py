@@ -37,15 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampler_bench import MID  # the same mid config as the CPU loop benchmark
 
+from model.acceleration import Acceleration
 from model.config import Stage2Config, get_preset
 from model.loading import build_cldm
-from model.pipeline import (
-    FULL_TILES,
-    TINY_TILES,
-    DiffBIRPipeline,
-    RestoreOptions,
-    Stage2Settings,
-)
+from model.options import RestoreOptions, Stage2Settings
+from model.pipeline import DiffBIRPipeline
+from model.planning import FULL_TILES, TINY_TILES
 from model.stage1 import build_stage1
 
 GB = 1 << 30
@@ -100,9 +97,7 @@ def make_pipeline(
         min_short_edge=64 if small else 512,
         stage2_settings=Stage2Settings(),
         tiles=TINY_TILES if small else FULL_TILES,
-        channels_last=channels_last,
-        compile=compile,
-        cuda_graphs=cuda_graphs,
+        acceleration=Acceleration(compile=compile, cuda_graphs=cuda_graphs, channels_last=channels_last),
     )
 
 
@@ -168,7 +163,7 @@ def time_batch(pipe: DiffBIRPipeline, size: int, options: RestoreOptions, batch:
     return {"batch": batch, "images_per_s": batch / elapsed, "s_total": elapsed, "peak_memory_gb": peak / GB}
 
 
-def _sibling(pipe: DiffBIRPipeline, **kwargs: Any) -> DiffBIRPipeline:
+def _sibling(pipe: DiffBIRPipeline, cuda_graphs: bool | None = None, **kwargs: Any) -> DiffBIRPipeline:
     """Another pipeline over the same loaded nets (other budget, graphs on or off)."""
     args: dict[str, Any] = {
         "version": "v2",
@@ -177,7 +172,8 @@ def _sibling(pipe: DiffBIRPipeline, **kwargs: Any) -> DiffBIRPipeline:
         "max_pixels": None,
         "min_short_edge": pipe.min_short_edge,
         "tiles": pipe.tiles,
-        "channels_last": False,  # already converted in place (or not) by `pipe`
+        # channels_last: already converted in place (or not) by `pipe`
+        "acceleration": Acceleration(cuda_graphs=cuda_graphs, channels_last=False),
         **kwargs,
     }
     return DiffBIRPipeline(pipe.models, pipe.stage1, **args)
@@ -328,7 +324,8 @@ def run(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], None])
         print(json.dumps({name: {"batches": log["batches"]}}, default=float), flush=True)
         save()
         if not args.small and not args.skip_large:
-            weights = sum(p.numel() * p.element_size() for m in pipe._unique_models() for p in m.parameters())
+            models = {id(m): m for m in pipe.models.values()}.values()
+            weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
             tight = _sibling(pipe, memory_budget_bytes=int(12 * GB - weights - 2 * GB))
             big = RestoreOptions(steps=fast_steps, sampler="dpmpp", fidelity=0.5, cfg_scale=4.0)
             for side in (2048, 4096):

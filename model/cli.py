@@ -13,6 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from model.loaders import PRESETS
+from model.options import COLOR_FIXES, PRECISIONS, SAMPLERS, TASKS, VERSIONS
+
 EXIT_USER_ERROR = 2
 EXIT_MODEL_ERROR = 1
 EXIT_CANCELED = 130
@@ -22,13 +25,15 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore one image")
     p.add_argument("input", type=Path, help="input image (any format Pillow reads)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output image (format by extension)")
-    p.add_argument("--task", choices=["sr", "face", "denoise"], default="sr")
+    p.add_argument("--task", choices=TASKS, default="sr")
     p.add_argument("--upscale", type=float, default=None, help="output/input size (default 4 for sr, else 1)")
-    p.add_argument("--fidelity", type=float, default=0.5, help="0 = free .. 1 = follow stage 1")
+    p.add_argument(
+        "--fidelity", type=float, default=None, help="0 = free .. 1 = follow stage 1 (default 0.5)"
+    )
     p.add_argument("--steps", type=int, default=None, help="default: the version's official (50; v2.1: 10)")
     p.add_argument(
         "--sampler",
-        choices=["spaced", "ddim", "dpmpp"],
+        choices=SAMPLERS,
         default=None,
         help="default: the version's official (spaced; v2.1: dpmpp)",
     )
@@ -36,11 +41,11 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None, help="default: the version's official positive prompt")
     p.add_argument("--negative-prompt", default=None, help="default: the version's official negative prompt")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: official, 4; v2.1: 8)")
-    p.add_argument("--color-fix", choices=["wavelet", "adain", "none"], default="wavelet")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default=None, help="default: wavelet")
     _common_model_args(p)
     p.add_argument(
         "--preset",
-        choices=["full", "tiny"],
+        choices=PRESETS,
         default="full",
         help="tiny = random weights for smoke tests, NOT a restoration model",
     )
@@ -50,14 +55,14 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "bf16"],
+        choices=list(PRECISIONS),
         default=None,
         help="default fp16 on CUDA, fp32 on CPU",
     )
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--version", choices=["v1", "v2", "v2.1"], default="v2")
+    p.add_argument("--version", choices=VERSIONS, default="v2")
     p.add_argument("--weights-dir", type=Path, default=None, help="where the official weight files live")
 
 
@@ -89,8 +94,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image, ImageOps
 
+    from model.acceleration import Acceleration
     from model.errors import InvalidInputError
-    from model.pipeline import DiffBIRPipeline, default_options
+    from model.pipeline import DiffBIRPipeline
+    from model.presets import default_options
 
     try:
         with Image.open(args.input) as img:
@@ -103,6 +110,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if pixels.dtype == np.dtype(">u2") or pixels.dtype == np.dtype("<u2"):
         pixels = pixels.astype(np.uint16)
     given = {
+        "fidelity": args.fidelity,
+        "color_fix": args.color_fix,
         "upscale": args.upscale,
         "steps": args.steps,
         "sampler": args.sampler,
@@ -110,14 +119,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         "negative_prompt": args.negative_prompt,
         "cfg_scale": args.cfg,
     }
-    # Flags left out take the official defaults of --version (model.pipeline.OFFICIAL_SAMPLING).
+    # Flags left out take the official defaults of --version (model.presets.OFFICIAL_SAMPLING) and
+    # RestoreOptions' own defaults for the rest.
     options = default_options(
-        args.version,
-        args.task,
-        fidelity=args.fidelity,
-        seed=args.seed,
-        color_fix=args.color_fix,
-        **{k: v for k, v in given.items() if v is not None},
+        args.version, args.task, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
     )
     pipe = DiffBIRPipeline.from_preset(
         preset=args.preset,
@@ -126,7 +131,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         tasks=[args.task],
-        compile=args.compile,
+        acceleration=Acceleration(compile=args.compile),
     )
     started = time.perf_counter()
     last_stage = [""]
@@ -156,7 +161,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from model.pipeline import convert_version
+    from model.loaders import convert_version
 
     for path in convert_version(args.version, weights_dir=args.weights_dir):
         print(f"wrote {path}")

@@ -71,13 +71,15 @@ def _check_pair(content: torch.Tensor, style: torch.Tensor, same_size: bool) -> 
         raise InvalidInputError(f"content {tuple(content.shape)} and style {tuple(style.shape)} do not match")
 
 
-COLOR_FIXES = {"wavelet": wavelet_reconstruction, "adain": adain_color_fix}
+_FIXES = {"wavelet": wavelet_reconstruction, "adain": adain_color_fix}
+# The public `color_fix` vocabulary ("none" keeps the decoded colours).
+COLOR_FIXES: tuple[str, ...] = (*_FIXES, "none")
 
 
 def apply_color_fix(method: str, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """`method` in {"wavelet", "adain", "none"} (the public `color_fix` option)."""
+    """`method` in `COLOR_FIXES` (the public `color_fix` option)."""
     if method == "none":
         return content
-    if method not in COLOR_FIXES:
-        raise InvalidInputError(f"unknown color_fix {method!r}; expected one of {[*COLOR_FIXES, 'none']}")
-    return COLOR_FIXES[method](content, style)
+    if method not in _FIXES:
+        raise InvalidInputError(f"unknown color_fix {method!r}; expected one of {list(COLOR_FIXES)}")
+    return _FIXES[method](content, style)

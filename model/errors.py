@@ -24,6 +24,12 @@ class CanceledError(ModelError):
     """The caller asked to stop (cancel hook returned True); raised at the next step boundary."""
 
 
+class OutOfMemoryError(ModelError, RuntimeError):
+    """The device ran out of memory during a restore. The pipeline raises it (chained to torch's error) after
+    freeing what it can, so callers classify an OOM without importing torch; it stays a RuntimeError whose
+    message says "out of memory", as torch's own does."""
+
+
 class WeightsMissingError(ModelError, FileNotFoundError):
     """Weight files needed by the requested version/task are not on disk."""
 

@@ -32,9 +32,7 @@ import math
 from dataclasses import dataclass
 
 from model.errors import InvalidInputError
-
-# The reference multiplies the user scale by this before use (guidance internal scale = s * 3000).
-REFERENCE_SCALE_FACTOR = 3000.0
+from model.guidance import INTERNAL_SCALE_FACTOR, WINDOW_START, WINDOW_STOP
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,8 @@ class GuidanceSettings:
     scale: float
     space: str = "latent"  # "latent" | "rgb"
     loss: str = "mse"  # "mse" | "w_mse"
-    t_start: int = 1001  # guidance applies when t_stop < t+1 < t_start (reference, strict)
-    t_stop: int = -1
+    t_start: int = WINDOW_START  # guidance applies when t_stop < t+1 < t_start (reference, strict)
+    t_stop: int = WINDOW_STOP
     repeat: int = 1
 
 
@@ -68,7 +66,7 @@ def guidance_scale(fidelity: float, latent_shape: tuple[int, int, int], max_grad
     if not math.isfinite(max_grad_rescale) or max_grad_rescale <= 0:
         raise InvalidInputError(f"max_grad_rescale must be positive and finite, got {max_grad_rescale!r}")
     c, h, w = latent_shape
-    return f * c * h * w / (2.0 * REFERENCE_SCALE_FACTOR * max_grad_rescale)
+    return f * c * h * w / (2.0 * INTERNAL_SCALE_FACTOR * max_grad_rescale)
 
 
 def fidelity_to_guidance(

@@ -16,12 +16,17 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from model.errors import InvalidInputError
 from model.noise import draw_noise
 
-# The reference multiplies the user-facing scale by this (its `Guidance.__init__`).
+# The reference multiplies the user-facing scale by this (its `Guidance.__init__`); model/fidelity.py
+# divides it back out when it turns the fidelity knob into a scale.
 INTERNAL_SCALE_FACTOR = 3000.0
+# The default window (`t_stop < t+1 < t_start`, strict): every training timestep 0..999 is guided.
+WINDOW_START = 1001
+WINDOW_STOP = -1
 LOSSES = ("mse", "w_mse")
 SPACES = ("latent", "rgb")
 _GRAY = (0.2989, 0.5870, 0.1140)
@@ -35,7 +40,7 @@ class LatentCodec(Protocol):
     scale_factor: float
     downscale: int
 
-    def posterior(self, img: torch.Tensor): ...  # DiagonalGaussianDistribution over unscaled latents
+    def posterior(self, img: torch.Tensor) -> DiagonalGaussianDistribution: ...  # over unscaled latents
 
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
@@ -50,10 +55,13 @@ class Guidance:
         scale: float,
         loss: str = "mse",
         space: str = "latent",
-        t_start: int = 1001,
-        t_stop: int = -1,
+        t_start: int = WINDOW_START,
+        t_stop: int = WINDOW_STOP,
         repeat: int = 1,
+        posterior: DiagonalGaussianDistribution | None = None,
     ) -> None:
+        """`posterior`: the target's VAE posterior when the caller has it already (the pipeline computes it
+        tiled for big images), so "latent" guidance does not encode the target a second time."""
         if loss not in LOSSES or space not in SPACES:
             raise InvalidInputError(f"guidance loss must be one of {LOSSES} and space one of {SPACES}")
         if loss == "w_mse" and space == "latent":
@@ -75,7 +83,7 @@ class Guidance:
         with torch.no_grad():
             if space == "latent":
                 # Encoding is deterministic up to the sample's noise: encode once, redraw samples each time.
-                self._posterior = vae.posterior(self.target)
+                self._posterior = posterior if posterior is not None else vae.posterior(self.target)
             elif loss == "w_mse":
                 self._weight = edge_weight((self.target.float() + 1) / 2)
 

@@ -53,11 +53,17 @@ class VAE(nn.Module):
         sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """`encode` on overlapping `tile`-pixel windows; the posterior moments are blended, then mode/sample
-        once.
+        """`encode` on overlapping `tile`-pixel windows: mode/sample once, of the `posterior_tiled`."""
+        return self._latent(self.posterior_tiled(img, tile, stride), sample, generator)
+
+    def posterior_tiled(
+        self, img: torch.Tensor, tile: int = 512, stride: int = 384
+    ) -> DiagonalGaussianDistribution:
+        """`posterior` on overlapping `tile`-pixel windows, the moments gaussian-blended (in float32).
 
         Hand-written rather than `tiled_apply` because the output is 8x SMALLER than the input (tiled_apply
-        scales up). Blending moments (not samples) keeps one noise draw per latent cell like the untiled path.
+        scales up). Blending moments (not samples) keeps one noise draw per latent cell like the untiled path,
+        and guidance draws its targets from this same posterior.
         """
         self._check_divisible(img, "encode_tiled")
         d = self.downscale
@@ -77,8 +83,7 @@ class VAE(nn.Module):
             moments[region] += part * weights
             weight_sum[region] += weights
         assert moments is not None  # tile_coords yields at least one window
-        posterior = DiagonalGaussianDistribution((moments / weight_sum).to(self.dtype))
-        return self._latent(posterior, sample, generator)
+        return DiagonalGaussianDistribution((moments / weight_sum).to(self.dtype))
 
     def decode_tiled(self, z: torch.Tensor, tile: int = 64, stride: int = 48) -> torch.Tensor:
         """`decode` on overlapping `tile`-latent windows, gaussian-blended in pixel space."""

@@ -39,7 +39,7 @@ class WorkerContext:
     store: JobStore
     blobs: BlobStore
     pipeline: Any  # model.pipeline.DiffBIRPipeline (typed loosely: model is imported lazily)
-    options_factory: Callable[..., Any]  # model.pipeline.RestoreOptions
+    options_factory: Callable[..., Any]  # model.options.RestoreOptions
     metrics: WorkerMetrics
     webhook_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="diffbir-webhook")
@@ -58,7 +58,9 @@ def load_pipeline(settings: WorkerSettings) -> tuple[Any, Callable[..., Any]]:
     """Build the pipeline from settings (preset, version, weights, device, precision); raises on failure."""
     import torch
 
-    from model.pipeline import DiffBIRPipeline, RestoreOptions
+    from model.acceleration import Acceleration
+    from model.options import RestoreOptions
+    from model.pipeline import DiffBIRPipeline
 
     if settings.worker_device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"DIFFBIR_WORKER_DEVICE={settings.worker_device} but CUDA is not available")
@@ -69,9 +71,11 @@ def load_pipeline(settings: WorkerSettings) -> tuple[Any, Callable[..., Any]]:
         device=settings.worker_device,
         precision=settings.worker_precision,
         max_pixels=max(settings.max_input_pixels, settings.max_output_pixels),
-        compile=settings.worker_compile,
-        compile_sizes=settings.compile_sizes(),
-        cuda_graphs=None if settings.worker_cuda_graphs else False,  # None: on when the device is CUDA
+        acceleration=Acceleration(
+            compile=settings.worker_compile,
+            compile_sizes=settings.compile_sizes(),
+            cuda_graphs=None if settings.worker_cuda_graphs else False,  # None: on when the device is CUDA
+        ),
     )
     if settings.worker_warmup or settings.worker_compile:
         warm_up(pipeline, RestoreOptions)

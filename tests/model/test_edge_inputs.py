@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from model.errors import InvalidInputError
-from model.pipeline import DiffBIRPipeline, RestoreOptions
+from model.options import RestoreOptions
+from model.pipeline import DiffBIRPipeline
 
 
 def _finite_postprocess(pipe: DiffBIRPipeline) -> DiffBIRPipeline:

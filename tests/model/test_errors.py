@@ -10,6 +10,7 @@ from model.errors import (
     CheckpointMismatchError,
     InvalidInputError,
     ModelError,
+    OutOfMemoryError,
     WeightsMissingError,
 )
 
@@ -17,6 +18,8 @@ from model.errors import (
 def test_hierarchy() -> None:
     for cls in (InvalidInputError, CanceledError, WeightsMissingError, CheckpointMismatchError):
         assert issubclass(cls, ModelError)
+    # A ModelError that is still a RuntimeError, as torch's own OOM, so code that caught that keeps working.
+    assert issubclass(OutOfMemoryError, ModelError) and issubclass(OutOfMemoryError, RuntimeError)
     assert issubclass(InvalidInputError, ValueError)
     assert issubclass(WeightsMissingError, FileNotFoundError)
 

@@ -13,9 +13,11 @@ import torch
 import model.pipeline as pipeline_mod
 from model.cldm import ControlLDM
 from model.errors import InvalidInputError
-from model.fidelity import REFERENCE_SCALE_FACTOR, fidelity_to_guidance, guidance_scale
-from model.pipeline import DiffBIRPipeline, RestoreOptions, max_grad_rescale
-from model.sampling import make_sampler
+from model.fidelity import fidelity_to_guidance, guidance_scale
+from model.guidance import INTERNAL_SCALE_FACTOR
+from model.options import RestoreOptions
+from model.pipeline import DiffBIRPipeline
+from model.sampling import make_sampler, max_grad_rescale
 from model.schedule import make_diffusion
 from model.stage1 import build_stage1
 
@@ -38,7 +40,7 @@ def test_strongest_step_moves_x0_by_the_fidelity() -> None:
     for f in (0.1, 0.5, 1.0):
         for shape in ((4, 8, 8), (4, 64, 96)):
             s = guidance_scale(f, shape, 43.0)
-            assert 2 * REFERENCE_SCALE_FACTOR * s * 43.0 / np.prod(shape) == pytest.approx(f)
+            assert 2 * INTERNAL_SCALE_FACTOR * s * 43.0 / np.prod(shape) == pytest.approx(f)
     settings = fidelity_to_guidance(0.7, SHAPE, 10.0)
     assert settings is not None and settings.space == "latent" and settings.loss == "mse"
     assert (settings.t_start, settings.t_stop, settings.repeat) == (1001, -1, 1)

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from model.acceleration import COMPILE_RECOMPILE_LIMIT, Acceleration
 from model.errors import InvalidInputError
 from model.graphs import CudaGraphs, GraphCache, GraphStats
-from model.pipeline import DiffBIRPipeline, RestoreOptions
+from model.options import RestoreOptions
+from model.pipeline import DiffBIRPipeline
 
 
 @pytest.fixture(autouse=True)
@@ -192,7 +194,7 @@ def _sibling(eager: DiffBIRPipeline, **kwargs: Any) -> DiffBIRPipeline:
 
 def _graphed(eager: DiffBIRPipeline) -> tuple[DiffBIRPipeline, HostCapture]:
     capture = HostCapture()
-    return _sibling(eager, cuda_graphs=CudaGraphs(eager.device, capture=capture)), capture
+    return _sibling(eager, graphs=CudaGraphs(eager.device, capture=capture)), capture
 
 
 @pytest.mark.parametrize("fidelity, cfg_scale", [(0.0, 1.0), (0.5, 4.0)])
@@ -232,33 +234,41 @@ def test_graphed_pipeline_tiled_and_batched(eager: DiffBIRPipeline) -> None:
 
 def test_cuda_graphs_need_cuda(eager: DiffBIRPipeline) -> None:
     with pytest.raises(InvalidInputError, match="CUDA"):
-        DiffBIRPipeline(eager.models, eager.stage1, preset="tiny", device="cpu", cuda_graphs=True)
+        DiffBIRPipeline(
+            eager.models,
+            eager.stage1,
+            preset="tiny",
+            device="cpu",
+            acceleration=Acceleration(cuda_graphs=True),
+        )
     assert DiffBIRPipeline(eager.models, eager.stage1, preset="tiny", device="cpu").graphs is None
 
 
 def test_compile_makes_twins_and_picks_them_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch._dynamo
 
-    from model.pipeline import COMPILE_RECOMPILE_LIMIT
-
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     monkeypatch.setattr(config, name, 8)  # dynamo's default; restored after the test
     pipe = DiffBIRPipeline.from_preset(
-        "tiny", version="v2", device="cpu", precision="fp32", compile=True, compile_sizes=[(64, 64)]
+        "tiny",
+        version="v2",
+        device="cpu",
+        precision="fp32",
+        acceleration=Acceleration(compile=True, compile_sizes=[(64, 64)]),
     )
     assert getattr(config, name) == COMPILE_RECOMPILE_LIMIT
     model = pipe.models["sr"]
     compiled = torch._dynamo.eval_frame.OptimizedModule
     assert not isinstance(model.unet, compiled)  # the eager nets stay as they were
-    twin = pipe._net_for(model, torch.zeros(2, 4, 8, 8))  # 64 px diffusion = 8x8 latent: compiled
+    twin = pipe.accel.net_for(model, torch.zeros(2, 4, 8, 8))  # 64 px diffusion = 8x8 latent: compiled
     assert twin is not model and isinstance(twin.unet, compiled) and isinstance(twin.controlnet, compiled)
     assert twin.unet._orig_mod is model.unet and twin.vae is model.vae
-    assert pipe._net_for(model, torch.zeros(2, 4, 8, 16)) is model  # another size: eager, no compilation
+    assert pipe.accel.net_for(model, torch.zeros(2, 4, 8, 16)) is model  # another size: eager, no compilation
     everything = DiffBIRPipeline.from_preset(
-        "tiny", version="v2", device="cpu", precision="fp32", compile=True
+        "tiny", version="v2", device="cpu", precision="fp32", acceleration=Acceleration(compile=True)
     )
     any_model = everything.models["sr"]
-    assert everything._net_for(any_model, torch.zeros(1, 4, 8, 24)) is not any_model
+    assert everything.accel.net_for(any_model, torch.zeros(1, 4, 8, 24)) is not any_model
     with pytest.raises(InvalidInputError, match="multiples of 64"):
-        DiffBIRPipeline(pipe.models, pipe.stage1, device="cpu", compile=True, compile_sizes=[(100, 64)])
+        Acceleration(compile=True, compile_sizes=[(100, 64)])

@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 from model import weights
 from model.cldm import ControlLDM
 from model.errors import CheckpointMismatchError
+from model.loaders import convert_version, converted_cache_path
 from model.loading import TINY_CONTROLNET_FILE, TINY_SD_FILES
-from model.pipeline import DiffBIRPipeline, RestoreOptions, convert_version, converted_cache_path
+from model.options import RestoreOptions
+from model.pipeline import DiffBIRPipeline
 from tests.model.reference import TINY_DIR
 
 STAGE1_FIXTURES = {"swinir": "weights_swinir", "bsrnet": "weights_bsrnet", "scunet": "weights_scunet"}

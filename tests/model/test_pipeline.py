@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from model.errors import CanceledError, InvalidInputError
-from model.pipeline import STAGES, DiffBIRPipeline, RestoreOptions, RestoreResult
+from model.errors import CanceledError, InvalidInputError, OutOfMemoryError
+from model.options import STAGES, RestoreOptions, RestoreResult
+from model.pipeline import DiffBIRPipeline
 
 FAST = {"steps": 2}
 
@@ -142,6 +144,47 @@ def test_batch_isolates_bad_and_canceled_items(pipe: DiffBIRPipeline) -> None:
 
 
 @pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("HIP out of memory"),
+    ],
+)
+def test_out_of_memory_becomes_the_models_error_for_its_group_only(
+    pipe: DiffBIRPipeline, monkeypatch: pytest.MonkeyPatch, error: RuntimeError
+) -> None:
+    net = pipe.stage1["sr"]
+    real = net.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] >= 48:  # only the larger image's group runs out of memory
+            raise error
+        return real(x)
+
+    monkeypatch.setattr(net, "forward", forward)
+    options = [RestoreOptions(upscale=2.0, seed=0, **FAST)] * 2
+    small, big = pipe.restore_batch([_image(16, 24), _image(32, 48)], options)
+    assert isinstance(small, RestoreResult)
+    assert isinstance(big, OutOfMemoryError) and big.__cause__ is error
+    assert "out of memory" in str(big)  # still reads as torch's OOM to code that matches the message
+    with pytest.raises(OutOfMemoryError):
+        pipe.restore(_image(32, 48), options[0])
+
+
+def test_other_runtime_errors_are_reported_as_they_are(
+    pipe: DiffBIRPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    error = RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(pipe.stage1["sr"], "forward", forward)
+    (result,) = pipe.restore_batch([_image()], [RestoreOptions(upscale=2.0, seed=0, **FAST)])
+    assert result is error
+
+
+@pytest.mark.parametrize(
     "image, options, match",
     [
         (np.zeros((0, 8, 3), np.uint8), RestoreOptions(), "empty"),
@@ -213,8 +256,8 @@ def test_full_preset_loads_from_the_converted_cache(tmp_path: Any) -> None:
     config travels in the cache's metadata) stand in for the official SD/ControlNet pickles."""
     import torch
 
+    from model.loaders import converted_cache_path
     from model.loading import init_tiny_random, save_converted
-    from model.pipeline import converted_cache_path
     from model.stage1 import build_stage1
 
     save_converted(init_tiny_random(seed=1), converted_cache_path(tmp_path, "v2", "v2"))

@@ -15,7 +15,8 @@ import torch
 
 from model import imageops
 from model.cldm import ControlLDM
-from model.pipeline import DiffBIRPipeline, RestoreOptions, Stage2Settings
+from model.options import RestoreOptions, Stage2Settings
+from model.pipeline import DiffBIRPipeline
 from model.stage1 import build_stage1
 from tests.model.reference import (
     assert_forward_close,

@@ -12,15 +12,10 @@ import torch
 
 from model import imageops
 from model.errors import InvalidInputError
-from model.pipeline import (
-    OFFICIAL_DEFAULT_NEGATIVE_PROMPT,
-    OFFICIAL_V21_NEGATIVE_PROMPT,
-    OFFICIAL_V21_POSITIVE_PROMPT,
-    DiffBIRPipeline,
-    RestoreOptions,
-    TilePlan,
-    default_options,
-)
+from model.options import OFFICIAL_DEFAULT_NEGATIVE_PROMPT, RestoreOptions, RestoreResult
+from model.pipeline import DiffBIRPipeline
+from model.planning import TilePlan
+from model.presets import OFFICIAL_V21_NEGATIVE_PROMPT, OFFICIAL_V21_POSITIVE_PROMPT, default_options
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +118,6 @@ def test_cli_uses_the_official_defaults_of_its_version(
     from PIL import Image
 
     from model import cli
-    from model.pipeline import RestoreResult
 
     seen: list[RestoreOptions] = []
 

@@ -86,6 +86,19 @@ def test_tiled_encode_blends_windows(tiny_cldm: ControlLDM) -> None:
     assert not torch.allclose(z, whole, atol=1e-4)
 
 
+def test_tiled_encode_is_the_mode_of_the_tiled_posterior(tiny_cldm: ControlLDM) -> None:
+    """One blending loop: guidance draws its targets from the posterior the condition latent comes from."""
+    vae = tiny_cldm.vae
+    image = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.posterior_tiled(image, tile=48, stride=32)
+        z = vae.encode_tiled(image, tile=48, stride=32)
+    assert posterior.parameters.shape == (2, 8, 8, 12)
+    assert torch.equal(z, posterior.mode() * vae.scale_factor)
+    with pytest.raises(InvalidInputError, match="multiples of 8"):
+        vae.posterior_tiled(image, tile=44, stride=32)
+
+
 def test_tiled_encode_sample_draws_once(tiny_cldm: ControlLDM) -> None:
     vae = tiny_cldm.vae
     image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(4)) * 2 - 1

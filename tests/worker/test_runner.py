@@ -128,12 +128,14 @@ def test_compile_sizes_setting_reaches_the_pipeline(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(DiffBIRPipeline, "from_preset", staticmethod(fake_from_preset))
     runner.load_pipeline(worker_settings("redis://unused", worker_compile_sizes=["512x512", "768x1024"]))
-    assert seen["compile_sizes"] == [(512, 512), (768, 1024)]
-    assert seen["cuda_graphs"] is None  # on exactly when the device is CUDA
+    acceleration = seen["acceleration"]
+    assert acceleration.compile_sizes == {(512, 512), (768, 1024)}  # type: ignore[attr-defined]
+    assert acceleration.cuda_graphs is None  # type: ignore[attr-defined]  # on exactly when the device is CUDA
     runner.load_pipeline(
         worker_settings("redis://unused", worker_compile_sizes=["all"], worker_cuda_graphs=False)
     )
-    assert seen["compile_sizes"] is None and seen["cuda_graphs"] is False
+    acceleration = seen["acceleration"]
+    assert acceleration.compile_sizes is None and acceleration.cuda_graphs is False  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("bad", [["512"], ["512x500"], ["0x512"], ["axb"]])
