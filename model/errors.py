@@ -24,6 +24,10 @@ class CanceledError(ModelError):
     """The caller asked to stop (cancel hook returned True); raised at the next step boundary."""
 
 
+class OutOfMemoryError(ModelError):
+    """The device ran out of memory for this request."""
+
+
 class WeightsMissingError(ModelError, FileNotFoundError):
     """Weight files needed by the requested version/task are not on disk."""
 

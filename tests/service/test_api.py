@@ -11,8 +11,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from common.blobstore import input_key, make_blobstore, result_key
-from common.jobs import JobStatus, JobStore, ResultInfo, result_url
+from common.job_store import JobStore
+from common.jobs import JobStatus, ResultInfo, result_url
 from common.settings import Settings
+from common.workers import WorkerRegistry
 from tests.common import images
 from tests.conftest import RedisServer
 from tests.service.conftest import ClientFactory
@@ -202,13 +204,14 @@ def test_output_pixel_limit_and_callback_guard(make_client: ClientFactory) -> No
     assert resp.status_code == 422 and resp.json()["errors"][0]["loc"] == ["callback_url"]
 
 
-def test_readyz_follows_worker_heartbeats(client: TestClient, store: JobStore) -> None:
+def test_readyz_follows_worker_heartbeats(client: TestClient, redis_client: redis.Redis) -> None:
     resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.headers["content-type"] == PROBLEM
-    store.heartbeat("w1")
+    workers = WorkerRegistry(redis_client)
+    workers.beat("w1")
     body = client.get("/readyz").json()
     assert body["status"] == "ready" and body["worker_heartbeat_age_s"] < 5
-    store.heartbeat("w1", now=time.time() - 3600)
+    workers.beat("w1", now=time.time() - 3600)
     assert client.get("/readyz").status_code == 503
 
 
