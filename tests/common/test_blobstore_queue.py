@@ -4,6 +4,7 @@ import json
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from common.blobstore import BlobNotFoundError, BlobStore, RedisBlobStore, S3BlobStore, make_blobstore
 from common.queue import enqueue_restore, make_celery, queue_depth
@@ -59,6 +60,8 @@ def test_redis_blobs_join_a_job_store_transaction_on_their_database(
     with redis.Redis.from_url(other_db).pipeline(transaction=True) as tx:
         assert not store.queue_put(tx, "inputs/j_other", b"x", "image/png")
         assert len(tx) == 0  # nothing queued: the caller puts it itself
+    # The API's case: a MULTI on the async client of the same database.
+    assert store.queue_put(aioredis.Redis.from_url(redis_url).pipeline(), "inputs/j_async", b"y", "image/png")
 
 
 def test_send_side_and_queue_depth(redis_url: str, redis_client: redis.Redis) -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import httpx
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -53,6 +54,20 @@ def test_submit_records_stores_and_enqueues(client: TestClient, redis_client: re
     assert queued_job_ids(redis_client) == [job["id"]]
     assert redis_client.get(f"diffbir:blob:{input_key(job['id'])}") == data  # original bytes kept
     assert client.get(resp.headers["location"]).json() == job
+
+
+def test_redis_input_and_record_are_written_in_one_transaction(
+    client: TestClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the Redis blob store the input joins the record's MULTI (no separate, thread-pool put)."""
+
+    def separate_put(*_args: object) -> None:
+        raise AssertionError("the input was written outside the job record's transaction")
+
+    monkeypatch.setattr(client.app.state.services.blobs, "put", separate_put)
+    resp = submit(client, images.png(8, 8))
+    assert resp.status_code == 202, resp.text
+    assert redis_client.exists(f"diffbir:blob:{input_key(resp.json()['id'])}")
 
 
 def test_unknown_and_malformed_job_ids_are_404(client: TestClient) -> None:
