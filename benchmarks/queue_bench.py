@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.blobstore import RedisBlobStore, input_key  # noqa: E402
-from common.jobs import InputInfo, Job, JobStore, new_job_id, utcnow  # noqa: E402
+from common.job_store import JobStore  # noqa: E402
+from common.jobs import InputInfo, Job, new_job_id, utcnow  # noqa: E402
 from common.params import RestoreParams  # noqa: E402
 from common.queue import enqueue_restore, make_celery  # noqa: E402
 from common.settings import Settings  # noqa: E402

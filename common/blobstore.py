@@ -4,6 +4,8 @@ Keys come from job ids only (``inputs/{job_id}``, ``results/{job_id}.{ext}``), n
 client can neither choose nor traverse storage paths. ``RedisBlobStore`` suits a single-node deployment and
 tests; ``S3BlobStore`` is for production (any S3-compatible endpoint) and can hand out presigned GET URLs so
 result bytes bypass the API. Blobs on Redis expire with the job TTL; on S3 use a bucket lifecycle rule.
+A blob store on the job store's Redis can also queue a put on a job-store transaction (``queue_put``), so an
+input and its job record are written together.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import redis
 
-from common.jobs import KEY_PREFIX, connect, is_valid_job_id
+from common.connections import connect, same_database
+from common.formats import IMAGE_FORMATS
+from common.jobs import is_valid_job_id
+from common.keys import blob_key
 from common.settings import Settings
-
-_RESULT_EXTENSIONS = frozenset({"png", "jpeg", "webp"})
 
 
 def _checked_id(job_id: str) -> str:
@@ -31,7 +34,7 @@ def input_key(job_id: str) -> str:
 
 
 def result_key(job_id: str, ext: str) -> str:
-    if ext not in _RESULT_EXTENSIONS:
+    if ext not in IMAGE_FORMATS:
         raise ValueError(f"not a result format: {ext[:20]!r}")
     return f"results/{_checked_id(job_id)}.{ext}"
 
@@ -50,6 +53,12 @@ class BlobStore(Protocol):
 
     def presigned_url(self, key: str, ttl: int) -> str | None: ...
 
+    def queue_put(self, tx: Any, key: str, data: bytes, content_type: str) -> bool:
+        """Queue this put on ``tx``, a Redis transaction (sync or async pipeline) another store is building,
+        so it commits or fails with that store's writes. False, queuing nothing, when this store's blobs do
+        not live on that Redis database: the caller then puts the blob itself."""
+        ...
+
 
 class RedisBlobStore:
     """Blobs as Redis strings under ``diffbir:blob:{key}`` with a TTL; no presigned URLs."""
@@ -58,25 +67,27 @@ class RedisBlobStore:
         self.redis = client
         self.ttl = ttl_seconds
 
-    @staticmethod
-    def _name(key: str) -> str:
-        return f"{KEY_PREFIX}blob:{key}"
-
     def put(self, key: str, data: bytes, content_type: str) -> None:
         # The content type is derived from the key's job (params.output_format), so it is not stored.
-        self.redis.set(self._name(key), data, ex=self.ttl)
+        self.redis.set(blob_key(key), data, ex=self.ttl)
 
     def get(self, key: str) -> bytes:
-        data = self.redis.get(self._name(key))
+        data = self.redis.get(blob_key(key))
         if data is None:
             raise BlobNotFoundError(key)
         return data
 
     def delete(self, key: str) -> None:
-        self.redis.delete(self._name(key))
+        self.redis.delete(blob_key(key))
 
     def presigned_url(self, key: str, ttl: int) -> str | None:
         return None
+
+    def queue_put(self, tx: Any, key: str, data: bytes, content_type: str) -> bool:
+        if not same_database(tx, self.redis):
+            return False
+        tx.set(blob_key(key), data, ex=self.ttl)
+        return True
 
 
 class S3BlobStore:
@@ -161,6 +172,9 @@ class S3BlobStore:
         return self.presigner.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._name(key)}, ExpiresIn=int(ttl)
         )
+
+    def queue_put(self, tx: Any, key: str, data: bytes, content_type: str) -> bool:
+        return False  # objects cannot join a Redis transaction
 
 
 def make_blobstore(settings: Settings, redis_client: redis.Redis | None = None) -> BlobStore:

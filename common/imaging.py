@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
+from common.formats import IMAGE_FORMATS
 
-SUPPORTED_FORMATS = ("png", "jpeg", "webp")
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+_PIL_FORMATS = {fmt: fmt.upper() for fmt in IMAGE_FORMATS}  # Pillow's names: PNG, JPEG, WEBP
 _KNOWN_UNSUPPORTED = {
     b"GIF87a": "gif",
     b"GIF89a": "gif",

@@ -1,22 +1,30 @@
 """Public restoration parameters (``RestoreParams``): validated once at the API, stored in the job document.
 
-The worker maps them onto ``model.pipeline.RestoreOptions`` (same names; ``output_format`` and
+The worker maps them onto the model's ``RestoreOptions`` (same names; ``output_format`` and
 ``callback_url`` are service concerns and do not reach the model). Bounds keep one request from monopolising
 a GPU (``steps``) or the text encoder (prompt lengths).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.formats import CONTENT_TYPES, ImageFormat
+
+# The API's vocabulary, all of it here. It mirrors the model's restore options (tasks, samplers, colour
+# fixes, default negative prompt) without importing them: the API never imports torch.
+Task = Literal["sr", "face", "denoise"]
+Sampler = Literal["spaced", "ddim", "dpmpp"]
+ColorFix = Literal["wavelet", "adain", "none"]
+OutputFormat = ImageFormat
+TASKS: tuple[str, ...] = get_args(Task)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+COLOR_FIXES: tuple[str, ...] = get_args(ColorFix)
 DEFAULT_NEGATIVE_PROMPT = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**32 - 1
-
-OutputFormat = Literal["png", "jpeg", "webp"]
-CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 class RestoreParams(BaseModel):
@@ -24,7 +32,7 @@ class RestoreParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: Literal["sr", "face", "denoise"] = Field(
+    task: Task = Field(
         "sr", description="sr: blind super-resolution; face: face restoration; denoise: blind denoising."
     )
     upscale: float = Field(4.0, ge=1.0, le=8.0, description="Output size / input size.")
@@ -32,10 +40,10 @@ class RestoreParams(BaseModel):
         0.5, ge=0.0, le=1.0, description="0 = most generative (no guidance) .. 1 = closest to the input."
     )
     steps: int = Field(50, ge=1, le=100, description="Sampler steps.")
-    sampler: Literal["spaced", "ddim", "dpmpp"] = "spaced"
+    sampler: Sampler = "spaced"
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Fixed seed for reproducible output.")
     cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
-    color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
+    color_fix: ColorFix = "wavelet"
     output_format: OutputFormat = "png"
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS)
@@ -62,5 +70,5 @@ class RestoreParams(BaseModel):
         return round(width * self.upscale) * round(height * self.upscale)
 
     def model_options(self) -> dict[str, object]:
-        """Keyword arguments for ``model.pipeline.RestoreOptions`` (kept here so both sides agree)."""
+        """Keyword arguments for ``model.options.RestoreOptions`` (kept here so both sides agree)."""
         return self.model_dump(exclude={"output_format", "callback_url"})

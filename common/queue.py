@@ -1,8 +1,9 @@
-"""The Celery app for the *send* side (no torch): the API enqueues ``diffbir.restore(job_id)`` on ``gpu``.
+"""The broker's send side (no torch): the Celery app config both sides share, enqueueing, queue depth.
 
-The worker builds its app with ``make_celery(settings)`` too and registers the task on it, so both sides share
-one broker configuration: late acks + reject on worker loss (a crashed worker's job is redelivered, not lost),
-prefetch 1 (a GPU worker never hoards jobs) and a visibility timeout longer than the hard time limit.
+The API enqueues ``diffbir.restore(job_id)`` on ``gpu``. The worker builds its app with
+``make_celery(settings)`` too and adds its consume-side settings (``worker.celery_app``), so both sides share
+one broker configuration: late acks + reject on worker loss (a crashed worker's job is redelivered, not
+lost), prefetch 1 (a GPU worker never hoards jobs) and the visibility timeout.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=settings.task_soft_time_limit_s,
-        task_time_limit=settings.task_hard_time_limit_s,
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout_s,
             "socket_timeout": settings.redis_socket_timeout_s,

@@ -1,4 +1,6 @@
-"""One settings object, read from the environment (prefix ``DIFFBIR_``) in one place.
+"""The settings both processes read (Redis, storage, API limits, webhooks, queue), from ``DIFFBIR_*``.
+
+The worker reads these plus its own (``worker.config.WorkerSettings``, a subclass) from the same environment.
 
 Lists (``api_keys``, ``webhook_allow_hosts``) are given as JSON in the environment, e.g.
 ``DIFFBIR_API_KEYS='["k1","k2"]'``. Secrets are ``SecretStr`` so they never appear in reprs or logs.
@@ -11,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,26 +85,7 @@ class Settings(BaseSettings):
     task_name: str = "diffbir.restore"
     broker_visibility_timeout_s: int = Field(3600, ge=1, description="Must exceed the task hard time limit.")
 
-    # --- Worker ---
-    worker_preset: Literal["full", "tiny"] = "full"
-    worker_version: str = "v2"
-    weights_dir: str = "weights"
-    worker_device: str = "cuda"
-    worker_precision: Literal["fp32", "fp16", "bf16"] = "fp16"
-    worker_heartbeat_interval_s: float = Field(10.0, gt=0)
-    task_soft_time_limit_s: int = Field(600, ge=1)
-    task_hard_time_limit_s: int = Field(660, ge=1)
-    batch_max_size: int = Field(1, ge=1)
-    batch_max_wait_s: float = Field(0.05, ge=0)
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> Settings:
-        if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
-            raise ValueError("task_hard_time_limit_s must be greater than task_soft_time_limit_s")
-        if self.broker_visibility_timeout_s <= self.task_hard_time_limit_s:
-            # Otherwise Redis redelivers a task that is still running (acks_late) and it runs twice.
-            raise ValueError("broker_visibility_timeout_s must be greater than task_hard_time_limit_s")
-        return self
+    # Worker-only settings (model, device, batching, time limits) live in worker.config.WorkerSettings.
 
     @property
     def auth_enabled(self) -> bool:

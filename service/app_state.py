@@ -11,10 +11,14 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
+from common.async_job_store import AsyncJobStore
 from common.blobstore import BlobStore, make_blobstore
-from common.jobs import AsyncJobStore, JobStore, connect, connect_async
+from common.connections import connect, connect_async
+from common.idempotency import IdempotencyStore
+from common.job_store import JobStore
 from common.queue import SharedDepthReader, enqueue_restore, make_celery
 from common.settings import Settings
+from common.workers import AsyncWorkerRegistry
 from service.auth import ApiKeyAuth
 from service.metrics import ApiMetrics
 
@@ -28,6 +32,8 @@ class Services:
     aredis: aioredis.Redis  # event-loop client: the hot read paths and a submission's writes
     jobs: JobStore
     ajobs: AsyncJobStore
+    idempotency: IdempotencyStore
+    workers: AsyncWorkerRegistry
     blobs: BlobStore
     celery: Celery
     auth: ApiKeyAuth
@@ -81,6 +87,8 @@ class Services:
             aredis=async_client,
             jobs=JobStore(sync_client, settings),
             ajobs=AsyncJobStore(async_client, settings),
+            idempotency=IdempotencyStore(async_client, settings.idempotency_ttl_seconds),
+            workers=AsyncWorkerRegistry(async_client),
             blobs=make_blobstore(settings, sync_client),
             celery=make_celery(settings),
             auth=ApiKeyAuth(settings),

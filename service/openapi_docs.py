@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.formats import CONTENT_TYPES
 from common.params import RestoreParams
 
 JOB_ID = "j_3kq9T0bq1yZ6rV0m4sXc2w"
@@ -116,7 +117,7 @@ GET_RESULT: dict[str, Any] = {
     "responses": {
         200: {
             "description": "The restored image",
-            "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
+            "content": {content_type: {} for content_type in CONTENT_TYPES.values()},
         },
         307: {"description": "Redirect to a presigned object-storage URL (S3 backend)"},
         **_UNAUTHORIZED,

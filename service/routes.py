@@ -165,7 +165,7 @@ async def readyz(request: Request) -> Response:
     services = services_of(request)
     max_age = services.settings.worker_heartbeat_max_age_s
     await services.aredis.ping()
-    latest = await services.ajobs.latest_heartbeat()
+    latest = await services.workers.latest_beat()
     age = None if latest is None else max(0.0, time.time() - latest)
     if age is None or age > max_age:
         seen = "no worker heartbeat yet" if age is None else f"last worker heartbeat {age:.0f}s ago"

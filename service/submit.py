@@ -15,12 +15,11 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 
 from common import imaging
-from common.blobstore import RedisBlobStore, input_key
+from common.blobstore import input_key
 from common.errors import (
     IdempotencyInProgressError,
     IdempotencyKeyReusedError,
@@ -28,13 +27,14 @@ from common.errors import (
     TooManyRequestsError,
     UnprocessableError,
 )
-from common.jobs import ErrorCode, IdempotencyRecord, InputInfo, Job, new_job_id, utcnow
+from common.formats import CONTENT_TYPES
+from common.idempotency import IdempotencyRecord
+from common.jobs import ErrorCode, InputInfo, Job, new_job_id, utcnow
 from common.params import RestoreParams
 from common.webhooks import WebhookURLError, validate_callback_url
 from service.app_state import Services
 
 ABANDONED_CLAIM_S = 300.0
-_INPUT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -106,23 +106,23 @@ async def submit(
         created_at=utcnow(),
         owner=owner,
     )
-    ajobs = services.ajobs
+    idempotency = services.idempotency
     if idempotency_key is not None:
         record = IdempotencyRecord(job_id=job.id, fingerprint=fingerprint(image, params))
-        earlier = await ajobs.claim_idempotency(owner, idempotency_key, record)
+        earlier = await idempotency.claim(owner, idempotency_key, record)
         if earlier is not None and not await _take_over_abandoned(
             services, owner, idempotency_key, earlier, record
         ):
             return await _replay(services, earlier, record)
         depth = await services.queue_depth()
         if (too_many := backpressure_error(services, depth)) is not None:
-            await ajobs.release_idempotency(owner, idempotency_key, job.id)
+            await idempotency.release(owner, idempotency_key, job.id)
             raise too_many
     try:
-        await _store(services, job, image, _INPUT_CONTENT_TYPES[info.format])
+        await _store(services, job, image, CONTENT_TYPES[info.format])
     except BaseException:
         if idempotency_key is not None:
-            await ajobs.release_idempotency(owner, idempotency_key, job.id)
+            await idempotency.release(owner, idempotency_key, job.id)
         raise
     try:
         await services.publish(job.id)
@@ -135,7 +135,7 @@ async def submit(
             services.jobs.fail, job.id, ErrorCode.internal, "the job could not be enqueued"
         )
         if idempotency_key is not None:
-            await ajobs.release_idempotency(owner, idempotency_key, job.id)
+            await idempotency.release(owner, idempotency_key, job.id)
         raise
     services.metrics.jobs_submitted.labels(params.task).inc()
     return Submission(job=job, replayed=False)
@@ -143,17 +143,14 @@ async def submit(
 
 async def _store(services: Services, job: Job, image: bytes, content_type: str) -> None:
     """Store the input, then the job record (the worker must find both once the message is out)."""
-    blobs = services.blobs
-    if isinstance(blobs, RedisBlobStore) and blobs.redis is services.redis:
-        # Blobs live on the job store's Redis: one MULTI on the async client for both writes (same keys and
-        # TTL as RedisBlobStore.put, queued on the transaction's pipeline).
-        def put_input(pipe: Any) -> None:
-            RedisBlobStore(pipe, blobs.ttl).put(input_key(job.id), image, content_type)
-
-        await services.ajobs.create(job, with_writes=put_input)
-    else:
-        await run_in_threadpool(blobs.put, input_key(job.id), image, content_type)
-        await services.ajobs.create(job)
+    key = input_key(job.id)
+    async with services.ajobs.transaction() as tx:
+        # Blobs on the job store's Redis join the record's MULTI: one round trip on the async client.
+        if services.blobs.queue_put(tx, key, image, content_type):
+            await services.ajobs.create(job, tx)
+            return
+    await run_in_threadpool(services.blobs.put, key, image, content_type)
+    await services.ajobs.create(job)
 
 
 async def _take_over_abandoned(
@@ -169,7 +166,7 @@ async def _take_over_abandoned(
         return False
     if await services.ajobs.get_raw(earlier.job_id) is not None:
         return False
-    return await services.ajobs.replace_idempotency(owner, key, earlier, record)
+    return await services.idempotency.replace(owner, key, earlier, record)
 
 
 async def _replay(services: Services, earlier: IdempotencyRecord, current: IdempotencyRecord) -> Submission:

@@ -13,7 +13,7 @@ job's message is always either in the queue, parked under a worker, or acked aft
 
 Waiting is bounded (``batch_max_wait_s``, default 50 ms) and so is the batch (``batch_max_size``; 1 turns
 batching off, the default). Per-job progress, cancel flags, results and failures stay separate: each mate has
-its own ``Execution`` in ``worker.tasks``.
+its own ``Execution`` (``worker.execution``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from collections.abc import Callable
 
 import redis
 
-from common.jobs import KEY_PREFIX, WORKERS_KEY, Job, JobStatus, JobStore
+from common.job_store import JobStore
+from common.jobs import Job, JobStatus
+from common.keys import PARKED_WORKERS_KEY, parked_key
+from common.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
-PARKED_PREFIX = f"{KEY_PREFIX}batch:parked:"
-PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
 SCAN_DEPTH = 64  # how many of the oldest queued messages one scan looks at
 
 # Move one message from the queue list to this worker's parked hash, atomically. Returns 1 if claimed.
@@ -112,7 +113,8 @@ class Batcher:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.clock = clock
-        self.parked_key = PARKED_PREFIX + worker_id
+        self.workers = WorkerRegistry(client)
+        self.parked_key = parked_key(worker_id)
         self._claim = client.register_script(_CLAIM)
         self._restore = client.register_script(_RESTORE)
         self._requeue = client.register_script(_REQUEUE)
@@ -176,13 +178,10 @@ class Batcher:
             worker_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             if worker_id == self.worker_id:
                 continue
-            beat = self.redis.zscore(WORKERS_KEY, worker_id)
-            if beat is not None and now - float(beat) <= max_age_s:
+            if self.workers.is_alive(worker_id, max_age_s, now):
                 continue
             count = int(
-                self._restore(
-                    keys=[self.queue, PARKED_PREFIX + worker_id, PARKED_WORKERS_KEY], args=[worker_id]
-                )
+                self._restore(keys=[self.queue, parked_key(worker_id), PARKED_WORKERS_KEY], args=[worker_id])
             )
             if count:
                 log.warning("requeued %d batched job(s) of lost worker %s", count, worker_id)

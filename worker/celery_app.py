@@ -6,8 +6,11 @@ CUDA is never initialised before a fork). A worker whose model fails to load exi
 consumes anything and before its first heartbeat; heartbeats start at ``worker_ready``.
 
 Why the solo pool: one process owns one GPU and one copy of the weights; concurrency on a GPU comes from
-batching, not from processes. Celery does not enforce time limits in the solo pool, so ``worker.tasks``
+batching, not from processes. Celery does not enforce time limits in the solo pool, so ``worker.execution``
 enforces them itself (soft: checked at every sampler step; hard: a watchdog that fails the job and exits).
+
+The signal handlers hand ``publish_restore`` to ``worker.runner`` (dead-worker recovery re-enqueues jobs with
+it), so the runner never imports this module back.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
-from common.queue import make_celery
+from common.queue import enqueue_restore, make_celery
+from worker import runner
 from worker.config import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,9 @@ def make_worker_app(settings: WorkerSettings) -> Celery:
         task_queues=(Queue(settings.queue_name, routing_key=settings.queue_name),),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # Enforced by worker.execution itself in the solo pool (Celery does not there); set for the record.
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_hard_time_limit_s,
         # A task that failed on purpose recorded it in the job; the message must not loop forever.
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
@@ -57,22 +64,21 @@ def make_worker_app(settings: WorkerSettings) -> Celery:
 app = make_worker_app(get_worker_settings())
 
 
+def publish_restore(job_id: str) -> object:
+    """Enqueue ``diffbir.restore(job_id)`` on this worker's broker (again: the job was lost elsewhere)."""
+    return enqueue_restore(app, get_worker_settings(), job_id)
+
+
 @signals.worker_process_init.connect
 def _load_model(**_: Any) -> None:
-    from worker import runner
-
-    runner.start_process()
+    runner.start_process(publish_restore)
 
 
 @signals.worker_ready.connect
 def _start_heartbeat(**_: Any) -> None:
-    from worker import runner
-
-    runner.mark_ready()
+    runner.mark_ready(publish_restore)
 
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
-    from worker import runner
-
     runner.shutdown()

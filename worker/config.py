@@ -1,4 +1,4 @@
-"""Worker-only knobs layered on the shared ``common.settings.Settings`` (same ``DIFFBIR_`` environment).
+"""Worker-only settings layered on the shared ``common.settings.Settings`` (same ``DIFFBIR_`` environment).
 
 Why a subclass: these settings mean nothing to the API, but reading them through the same pydantic-settings
 class keeps one source of truth for parsing and validation of the environment.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,6 +17,21 @@ from common.settings import Settings
 
 
 class WorkerSettings(Settings):
+    # --- The model this worker loads ---
+    worker_preset: Literal["full", "tiny"] = "full"
+    worker_version: str = "v2"
+    weights_dir: str = "weights"
+    worker_device: str = "cuda"
+    worker_precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+
+    # --- Jobs ---
+    task_soft_time_limit_s: int = Field(600, ge=1)
+    task_hard_time_limit_s: int = Field(660, ge=1)
+    batch_max_size: int = Field(1, ge=1)
+    batch_max_wait_s: float = Field(0.05, ge=0)
+
+    # --- The process ---
+    worker_heartbeat_interval_s: float = Field(10.0, gt=0)
     worker_id: str = Field("", description="Heartbeat identity; default '<hostname>:<pid>'.")
     worker_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus endpoint; 0 = off.")
     worker_metrics_addr: str = "0.0.0.0"
@@ -69,6 +85,15 @@ class WorkerSettings(Settings):
         if "all" in self.worker_compile_sizes:
             return None
         return [_parse_size(s) for s in self.worker_compile_sizes]
+
+    @model_validator(mode="after")
+    def _check_time_limits(self) -> WorkerSettings:
+        if self.task_hard_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError("task_hard_time_limit_s must be greater than task_soft_time_limit_s")
+        if self.broker_visibility_timeout_s <= self.task_hard_time_limit_s:
+            # Otherwise Redis redelivers a task that is still running (acks_late) and it runs twice.
+            raise ValueError("broker_visibility_timeout_s must be greater than task_hard_time_limit_s")
+        return self
 
     @model_validator(mode="after")
     def _default_worker_id(self) -> WorkerSettings:

@@ -1,4 +1,4 @@
-"""Worker heartbeats: ZADD ``diffbir:workers`` every N seconds so the API's /readyz knows a worker is up.
+"""The worker's heartbeat thread: a beat in the worker registry every N seconds, so /readyz knows it is up.
 
 Started only after the model is loaded (worker_ready), so a worker that cannot load never looks ready.
 A Redis outage is logged and retried on the next beat; it never kills the worker.
@@ -12,16 +12,20 @@ from collections.abc import Callable
 
 import redis
 
-from common.jobs import JobStore
+from common.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
     def __init__(
-        self, store: JobStore, worker_id: str, interval_s: float, on_beat: Callable[[], None] | None = None
+        self,
+        registry: WorkerRegistry,
+        worker_id: str,
+        interval_s: float,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
-        self.store = store
+        self.registry = registry
         self.on_beat = on_beat  # periodic housekeeping that must run while the worker is alive
         self.worker_id = worker_id
         self.interval_s = interval_s
@@ -30,7 +34,7 @@ class Heartbeat:
 
     def beat(self) -> bool:
         try:
-            self.store.heartbeat(self.worker_id)
+            self.registry.beat(self.worker_id)
         except redis.RedisError as exc:
             log.warning("heartbeat failed (%s); retrying in %.1fs", exc, self.interval_s)
             return False
@@ -59,6 +63,6 @@ class Heartbeat:
             self._thread.join(timeout=self.interval_s + 1)
             self._thread = None
         try:
-            self.store.remove_worker(self.worker_id)
+            self.registry.remove(self.worker_id)
         except redis.RedisError as exc:
             log.warning("could not deregister worker %s: %s", self.worker_id, exc)

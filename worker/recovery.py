@@ -21,14 +21,14 @@ from collections.abc import Callable
 
 import redis
 
-from common.jobs import KEY_PREFIX, WORKERS_KEY, JobStatus, JobStore
+from common.job_store import JobStore
+from common.jobs import JobStatus
+from common.keys import HOLDERS_KEY, held_key, owner_key, reap_lock_key
+from common.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
-OWNER_PREFIX = f"{KEY_PREFIX}owner:"
-HELD_PREFIX = f"{KEY_PREFIX}held:"
-HOLDERS_KEY = f"{KEY_PREFIX}holders"
-REAP_LOCK_PREFIX = f"{KEY_PREFIX}reaping:"
+Publish = Callable[[str], object]  # enqueue diffbir.restore(job_id) again
 
 # Delete the owner key only if it still names this worker (a newer owner may have taken the job over).
 _RELEASE = """
@@ -39,25 +39,28 @@ return 1
 
 
 class Ownership:
+    """Which jobs this worker holds, and the requeueing of jobs held by workers that stopped heartbeating."""
+
     def __init__(
         self,
         client: redis.Redis,
         store: JobStore,
         worker_id: str,
         ttl_s: int,
-        publish: Callable[[str], object],
+        publish: Publish,
     ) -> None:
         self.redis = client
         self.store = store
         self.worker_id = worker_id
         self.ttl_s = ttl_s
         self.publish = publish
-        self.held_key = HELD_PREFIX + worker_id
+        self.workers = WorkerRegistry(client)
+        self.held_key = held_key(worker_id)
         self._release = client.register_script(_RELEASE)
 
     def claim(self, job_id: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(OWNER_PREFIX + job_id, self.worker_id, ex=self.ttl_s)
+            pipe.set(owner_key(job_id), self.worker_id, ex=self.ttl_s)
             pipe.sadd(self.held_key, job_id)
             # Normally emptied by release/reaping; the TTL bounds it if both are lost (e.g. Redis restored).
             pipe.expire(self.held_key, self.ttl_s)
@@ -65,19 +68,15 @@ class Ownership:
             pipe.execute()
 
     def release(self, job_id: str) -> None:
-        self._release(keys=[OWNER_PREFIX + job_id, self.held_key], args=[self.worker_id, job_id])
-
-    def _alive(self, worker_id: str, max_age_s: float, now: float) -> bool:
-        beat = self.redis.zscore(WORKERS_KEY, worker_id)
-        return beat is not None and now - float(beat) <= max_age_s
+        self._release(keys=[owner_key(job_id), self.held_key], args=[self.worker_id, job_id])
 
     def live_owner(self, job_id: str, max_age_s: float, now: float | None = None) -> str | None:
         """Another worker that holds this job and is still heartbeating, if any."""
-        raw = self.redis.get(OWNER_PREFIX + job_id)
+        raw = self.redis.get(owner_key(job_id))
         owner = raw.decode() if isinstance(raw, bytes) else raw
         if not owner or owner == self.worker_id:
             return None
-        return owner if self._alive(owner, max_age_s, time.time() if now is None else now) else None
+        return owner if self.workers.is_alive(owner, max_age_s, now) else None
 
     def requeue_from_dead_workers(self, max_age_s: float, now: float | None = None) -> int:
         """Publish the still-running jobs of every stale holder again; returns how many were requeued."""
@@ -85,21 +84,21 @@ class Ownership:
         requeued = 0
         for raw_id in self.redis.smembers(HOLDERS_KEY):
             holder = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            if holder == self.worker_id or self._alive(holder, max_age_s, now):
+            if holder == self.worker_id or self.workers.is_alive(holder, max_age_s, now):
                 continue
             # One live worker reaps a given dead worker at a time (others skip until the lock expires).
-            if not self.redis.set(REAP_LOCK_PREFIX + holder, self.worker_id, nx=True, ex=60):
+            if not self.redis.set(reap_lock_key(holder), self.worker_id, nx=True, ex=60):
                 continue
-            held_key = HELD_PREFIX + holder
-            for raw_job in self.redis.smembers(held_key):
+            held = held_key(holder)
+            for raw_job in self.redis.smembers(held):
                 job_id = raw_job.decode() if isinstance(raw_job, bytes) else str(raw_job)
-                owner = self.redis.get(OWNER_PREFIX + job_id)
+                owner = self.redis.get(owner_key(job_id))
                 job = self.store.get(job_id)
                 if job is not None and job.status is JobStatus.running and owner in (holder, holder.encode()):
                     self.publish(job_id)
                     requeued += 1
                     log.warning("requeued job %s of lost worker %s", job_id, holder)
-                self.redis.srem(held_key, job_id)
+                self.redis.srem(held, job_id)
             self.redis.srem(HOLDERS_KEY, holder)
-            self.redis.delete(REAP_LOCK_PREFIX + holder)
+            self.redis.delete(reap_lock_key(holder))
         return requeued

@@ -1,9 +1,9 @@
-"""The process that owns the model: load ``DiffBIRPipeline`` once, then serve jobs until shutdown.
+"""The process that owns the model: build its context once (model, stores, bookkeeping), start heartbeating
+when Celery is ready, and let go at shutdown. Celery's signals call in here (``worker.celery_app``).
 
-torch and ``model`` are imported here lazily (inside functions) so that importing ``worker.celery_app`` for
-its configuration never pulls in the GPU stack. A worker that cannot load its model logs why and exits with
-``EXIT_MODEL_LOAD_FAILED`` before consuming any job and before its first heartbeat, so /readyz never counts it
-and an orchestrator sees a crash loop instead of a worker that fails every job.
+A worker that cannot load its model logs why and exits with ``EXIT_MODEL_LOAD_FAILED`` before consuming any
+job and before its first heartbeat, so /readyz never counts it and an orchestrator sees a crash loop instead
+of a worker that fails every job.
 """
 
 from __future__ import annotations
@@ -12,93 +12,30 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
-from common.blobstore import BlobStore, make_blobstore
-from common.jobs import JobStore, connect
+import redis
+
+from common.blobstore import make_blobstore
+from common.connections import connect
+from common.job_store import JobStore
+from common.workers import WorkerRegistry
 from worker.batching import Batcher
 from worker.config import WorkerSettings, get_worker_settings
+from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
+from worker.loading import load_pipeline
 from worker.metrics import WorkerMetrics, get_metrics
-from worker.recovery import Ownership
+from worker.recovery import Ownership, Publish
 
 log = logging.getLogger(__name__)
 
 EXIT_MODEL_LOAD_FAILED = 3
-EXIT_HARD_TIME_LIMIT = 4
-
-
-@dataclass
-class WorkerContext:
-    """Everything one job needs; built once per process (tests build their own)."""
-
-    settings: WorkerSettings
-    store: JobStore
-    blobs: BlobStore
-    pipeline: Any  # model.pipeline.DiffBIRPipeline (typed loosely: model is imported lazily)
-    options_factory: Callable[..., Any]  # model.options.RestoreOptions
-    metrics: WorkerMetrics
-    webhook_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="diffbir-webhook")
-    )
-    heartbeat: Heartbeat | None = None
-    batcher: Batcher | None = None  # None: batching off
-    ownership: Ownership | None = None  # None: lost jobs wait for the broker's visibility timeout
-    model_load_s: float = 0.0
-    exit_process: Callable[[int], None] = os._exit
-
 
 _context: WorkerContext | None = None
 
 
-def load_pipeline(settings: WorkerSettings) -> tuple[Any, Callable[..., Any]]:
-    """Build the pipeline from settings (preset, version, weights, device, precision); raises on failure."""
-    import torch
-
-    from model.acceleration import Acceleration
-    from model.options import RestoreOptions
-    from model.pipeline import DiffBIRPipeline
-
-    if settings.worker_device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"DIFFBIR_WORKER_DEVICE={settings.worker_device} but CUDA is not available")
-    pipeline = DiffBIRPipeline.from_preset(
-        preset=settings.worker_preset,
-        version=settings.worker_version,
-        weights_dir=settings.weights_dir,
-        device=settings.worker_device,
-        precision=settings.worker_precision,
-        max_pixels=max(settings.max_input_pixels, settings.max_output_pixels),
-        acceleration=Acceleration(
-            compile=settings.worker_compile,
-            compile_sizes=settings.compile_sizes(),
-            cuda_graphs=None if settings.worker_cuda_graphs else False,  # None: on when the device is CUDA
-        ),
-    )
-    if settings.worker_warmup or settings.worker_compile:
-        warm_up(pipeline, RestoreOptions)
-    return pipeline, RestoreOptions
-
-
-def warm_up(pipeline: Any, options_factory: Callable[..., Any]) -> float:
-    """Two 128 -> 512 px restores before the first job: default settings (CFG: the denoiser runs at batch 2),
-    then without CFG (batch 1, the paper's setting), so neither kind of first job pays for kernel selection,
-    cuDNN autotuning, torch.compile (about a minute per shape) or the capture of its CUDA graphs; the second
-    restore also captures stage 1 and the VAE at this size. Returns seconds."""
-    import numpy as np
-
-    started = time.perf_counter()
-    image = np.full((128, 128, 3), 127, dtype=np.uint8)
-    pipeline.restore(image, options_factory(task="sr", upscale=4.0, seed=0))
-    pipeline.restore(image, options_factory(task="sr", upscale=4.0, seed=0, cfg_scale=1.0))
-    seconds = time.perf_counter() - started
-    log.info("warm-up restore took %.1fs", seconds)
-    return seconds
-
-
-def make_batcher(settings: WorkerSettings, client: Any, store: JobStore) -> Batcher | None:
+def make_batcher(settings: WorkerSettings, client: redis.Redis, store: JobStore) -> Batcher | None:
     if settings.batch_max_size <= 1:
         return None
     return Batcher(
@@ -112,26 +49,16 @@ def make_batcher(settings: WorkerSettings, client: Any, store: JobStore) -> Batc
     )
 
 
-def make_ownership(settings: WorkerSettings, client: Any, store: JobStore) -> Ownership:
-    from common.queue import enqueue_restore
-    from worker.celery_app import app
-
-    return Ownership(
-        client,
-        store,
-        settings.worker_id,
-        settings.job_ttl_seconds,
-        publish=lambda job_id: enqueue_restore(app, settings, job_id),
-    )
-
-
-def build_context(settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> WorkerContext:
+def build_context(
+    settings: WorkerSettings, publish: Publish, metrics: WorkerMetrics | None = None
+) -> WorkerContext:
+    """Load the model and connect the stores; ``publish`` re-enqueues a job (dead-worker recovery)."""
     metrics = metrics or get_metrics()
     started = time.perf_counter()
     pipeline, options_factory = load_pipeline(settings)
     load_s = time.perf_counter() - started
     metrics.model_load.set(load_s)
-    if getattr(pipeline, "graphs", None) is not None:
+    if pipeline.graphs is not None:
         metrics.watch_graphs(pipeline.graphs)
     client = connect(settings)
     store = JobStore(client, settings)
@@ -139,8 +66,9 @@ def build_context(settings: WorkerSettings, metrics: WorkerMetrics | None = None
         settings=settings,
         store=store,
         blobs=make_blobstore(settings, client),
+        workers=WorkerRegistry(client),
         batcher=make_batcher(settings, client, store),
-        ownership=make_ownership(settings, client, store),
+        ownership=Ownership(client, store, settings.worker_id, settings.job_ttl_seconds, publish),
         pipeline=pipeline,
         options_factory=options_factory,
         metrics=metrics,
@@ -151,7 +79,7 @@ def build_context(settings: WorkerSettings, metrics: WorkerMetrics | None = None
     )
 
 
-def start_process(settings: WorkerSettings | None = None) -> WorkerContext:
+def start_process(publish: Publish, settings: WorkerSettings | None = None) -> WorkerContext:
     """worker_process_init: metrics endpoint, then the model. Exits the process if the model cannot load."""
     global _context
     if _context is not None:
@@ -168,7 +96,7 @@ def start_process(settings: WorkerSettings | None = None) -> WorkerContext:
         settings.weights_dir,
     )
     try:
-        _context = build_context(settings, metrics)
+        _context = build_context(settings, publish, metrics)
     except BaseException as exc:
         log.critical("worker cannot load its model, exiting: %s", exc, exc_info=True)
         print(
@@ -182,22 +110,23 @@ def start_process(settings: WorkerSettings | None = None) -> WorkerContext:
     return _context
 
 
-def mark_ready() -> None:
+def mark_ready(publish: Publish) -> None:
     """worker_ready: the model is loaded and the consumer is up; start heartbeating."""
-    ctx = context()
-    if ctx.heartbeat is None:
-        ctx.heartbeat = Heartbeat(
-            ctx.store,
-            ctx.settings.worker_id,
-            ctx.settings.worker_heartbeat_interval_s,
-            on_beat=_recover_lost_jobs,
-        )
-        ctx.heartbeat.start()
-        log.info(
-            "worker %s ready; heartbeating every %.1fs",
-            ctx.settings.worker_id,
-            ctx.settings.worker_heartbeat_interval_s,
-        )
+    ctx = context(publish)
+    if ctx.heartbeat is not None:
+        return
+    ctx.heartbeat = Heartbeat(
+        ctx.workers,
+        ctx.settings.worker_id,
+        ctx.settings.worker_heartbeat_interval_s,
+        on_beat=_recover_lost_jobs,
+    )
+    ctx.heartbeat.start()
+    log.info(
+        "worker %s ready; heartbeating every %.1fs",
+        ctx.settings.worker_id,
+        ctx.settings.worker_heartbeat_interval_s,
+    )
 
 
 def _recover_lost_jobs() -> None:
@@ -222,6 +151,6 @@ def shutdown() -> None:
     _context.webhook_pool.shutdown(wait=True, cancel_futures=False)
 
 
-def context() -> WorkerContext:
+def context(publish: Publish) -> WorkerContext:
     """The process's context; loads the model on first use (e.g. a task run outside the solo worker)."""
-    return _context if _context is not None else start_process()
+    return _context if _context is not None else start_process(publish)

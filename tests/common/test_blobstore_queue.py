@@ -4,6 +4,7 @@ import json
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from common.blobstore import BlobNotFoundError, BlobStore, RedisBlobStore, S3BlobStore, make_blobstore
 from common.queue import enqueue_restore, make_celery, queue_depth
@@ -42,11 +43,25 @@ def test_s3_blobstore_with_prefix_and_presign(s3_env: dict[str, str]) -> None:
     assert url is not None and "X-Amz-Signature" in url
     assert httpx.get(url).content == b"RIFF....WEBP"
     assert "testing" not in repr(settings)  # credentials are SecretStr
+    assert not store.queue_put(object(), "inputs/j_s3", b"x", "image/png")  # never joins a Redis MULTI
 
 
-def test_settings_validation() -> None:
-    with pytest.raises(ValueError, match="visibility"):
-        Settings(broker_visibility_timeout_s=100, task_soft_time_limit_s=50, task_hard_time_limit_s=200)
+def test_redis_blobs_join_a_job_store_transaction_on_their_database(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    store = RedisBlobStore(redis_client, 120)
+    with redis.Redis.from_url(redis_url).pipeline(transaction=True) as tx:  # another client, same database
+        assert store.queue_put(tx, "inputs/j_tx", b"queued", "image/png")
+        assert redis_client.get("diffbir:blob:inputs/j_tx") is None  # nothing written before the MULTI runs
+        tx.execute()
+    assert store.get("inputs/j_tx") == b"queued"
+    assert 0 < redis_client.ttl("diffbir:blob:inputs/j_tx") <= 120
+    other_db = redis_url.rsplit("/", 1)[0] + "/1"
+    with redis.Redis.from_url(other_db).pipeline(transaction=True) as tx:
+        assert not store.queue_put(tx, "inputs/j_other", b"x", "image/png")
+        assert len(tx) == 0  # nothing queued: the caller puts it itself
+    # The API's case: a MULTI on the async client of the same database.
+    assert store.queue_put(aioredis.Redis.from_url(redis_url).pipeline(), "inputs/j_async", b"y", "image/png")
 
 
 def test_send_side_and_queue_depth(redis_url: str, redis_client: redis.Redis) -> None:

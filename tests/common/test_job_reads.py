@@ -8,7 +8,9 @@ import json
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from common.jobs import AsyncJobStore, InputInfo, Job, job_key, new_job_id, public_document, utcnow
+from common.async_job_store import AsyncJobStore
+from common.jobs import InputInfo, Job, new_job_id, public_document, utcnow
+from common.keys import job_key
 from common.params import RestoreParams
 
 

@@ -11,17 +11,9 @@ from pydantic import SecretStr
 
 from common.blobstore import input_key, result_key
 from common.errors import JobStateError
-from common.jobs import (
-    InputInfo,
-    Job,
-    JobStatus,
-    JobStore,
-    ResultInfo,
-    cancel_key,
-    new_job_id,
-    result_url,
-    utcnow,
-)
+from common.job_store import JobStore
+from common.jobs import InputInfo, Job, JobStatus, ResultInfo, new_job_id, result_url, utcnow
+from common.keys import cancel_key
 from common.params import RestoreParams
 from common.settings import Settings, redact_url
 

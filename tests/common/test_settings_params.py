@@ -20,8 +20,12 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_reject_bad_values() -> None:
     with pytest.raises(ValidationError):
         Settings(storage_backend="ftp")
-    with pytest.raises(ValidationError, match="hard_time_limit"):
-        Settings(task_soft_time_limit_s=100, task_hard_time_limit_s=100)
+
+
+def test_worker_only_settings_are_not_the_apis() -> None:
+    """The model, batching and time-limit knobs belong to worker.config.WorkerSettings."""
+    for name in ("worker_preset", "weights_dir", "batch_max_size", "task_hard_time_limit_s"):
+        assert name not in Settings.model_fields
 
 
 def test_params_defaults_and_model_options() -> None:

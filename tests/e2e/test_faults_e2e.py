@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from common.blobstore import RedisBlobStore, input_key
-from common.jobs import InputInfo, Job, JobStore, new_job_id, utcnow
+from common.job_store import JobStore
+from common.jobs import InputInfo, Job, new_job_id, utcnow
 from common.params import RestoreParams
 from common.queue import enqueue_restore, make_celery, queue_depth
 from common.settings import Settings

@@ -9,7 +9,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from common.jobs import JobStore
+from common.job_store import JobStore
 from common.settings import Settings
 from service.app import create_app
 

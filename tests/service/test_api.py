@@ -7,12 +7,15 @@ import sys
 import time
 
 import httpx
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from common.blobstore import input_key, make_blobstore, result_key
-from common.jobs import JobStatus, JobStore, ResultInfo, result_url
+from common.job_store import JobStore
+from common.jobs import JobStatus, ResultInfo, result_url
 from common.settings import Settings
+from common.workers import WorkerRegistry
 from tests.common import images
 from tests.conftest import RedisServer
 from tests.service.conftest import ClientFactory
@@ -51,6 +54,20 @@ def test_submit_records_stores_and_enqueues(client: TestClient, redis_client: re
     assert queued_job_ids(redis_client) == [job["id"]]
     assert redis_client.get(f"diffbir:blob:{input_key(job['id'])}") == data  # original bytes kept
     assert client.get(resp.headers["location"]).json() == job
+
+
+def test_redis_input_and_record_are_written_in_one_transaction(
+    client: TestClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the Redis blob store the input joins the record's MULTI (no separate, thread-pool put)."""
+
+    def separate_put(*_args: object) -> None:
+        raise AssertionError("the input was written outside the job record's transaction")
+
+    monkeypatch.setattr(client.app.state.services.blobs, "put", separate_put)
+    resp = submit(client, images.png(8, 8))
+    assert resp.status_code == 202, resp.text
+    assert redis_client.exists(f"diffbir:blob:{input_key(resp.json()['id'])}")
 
 
 def test_unknown_and_malformed_job_ids_are_404(client: TestClient) -> None:
@@ -202,13 +219,14 @@ def test_output_pixel_limit_and_callback_guard(make_client: ClientFactory) -> No
     assert resp.status_code == 422 and resp.json()["errors"][0]["loc"] == ["callback_url"]
 
 
-def test_readyz_follows_worker_heartbeats(client: TestClient, store: JobStore) -> None:
+def test_readyz_follows_worker_heartbeats(client: TestClient, redis_client: redis.Redis) -> None:
     resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.headers["content-type"] == PROBLEM
-    store.heartbeat("w1")
+    workers = WorkerRegistry(redis_client)
+    workers.beat("w1")
     body = client.get("/readyz").json()
     assert body["status"] == "ready" and body["worker_heartbeat_age_s"] < 5
-    store.heartbeat("w1", now=time.time() - 3600)
+    workers.beat("w1", now=time.time() - 3600)
     assert client.get("/readyz").status_code == 503
 
 

@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from common.errors import BadRequestError
-from common.jobs import ANONYMOUS_OWNER, IdempotencyRecord, ResultInfo, new_job_id, result_url
+from common.idempotency import IdempotencyRecord
+from common.jobs import ANONYMOUS_OWNER, ResultInfo, new_job_id, result_url
 from common.params import RestoreParams
 from common.settings import Settings
 from service.app import create_app
@@ -186,13 +187,13 @@ def test_a_claim_abandoned_by_a_killed_request_is_taken_over(client: TestClient)
     """The API died between claiming an Idempotency-Key and storing its job: retries must not get 409
     for the whole idempotency TTL."""
     image = images.png(8, 8)
-    jobs = client.app.state.services.jobs
+    keys = client.app.state.services.idempotency
     stale = IdempotencyRecord(
         job_id=new_job_id(),
         fingerprint=fingerprint(image, RestoreParams()),
         created_at=time.time() - ABANDONED_CLAIM_S - 1,
     )
-    assert jobs.claim_idempotency(ANONYMOUS_OWNER, "order-9", stale) is None
+    assert client.portal.call(keys.claim, ANONYMOUS_OWNER, "order-9", stale) is None  # on the app's loop
     resp = submit(client, image, headers={"Idempotency-Key": "order-9"})
     assert resp.status_code == 202, resp.text
     again = submit(client, image, headers={"Idempotency-Key": "order-9"})
@@ -203,7 +204,8 @@ def test_a_claim_abandoned_by_a_killed_request_is_taken_over(client: TestClient)
 def test_a_fresh_claim_without_its_job_is_still_in_progress(client: TestClient) -> None:
     image = images.png(8, 8)
     record = IdempotencyRecord(job_id=new_job_id(), fingerprint=fingerprint(image, RestoreParams()))
-    client.app.state.services.jobs.claim_idempotency(ANONYMOUS_OWNER, "order-10", record)
+    keys = client.app.state.services.idempotency
+    assert client.portal.call(keys.claim, ANONYMOUS_OWNER, "order-10", record) is None
     resp = submit(client, image, headers={"Idempotency-Key": "order-10"})
     assert resp.status_code == 409 and resp.json()["code"] == "idempotency_in_progress"
     assert resp.headers["retry-after"] == "1"

@@ -23,12 +23,14 @@ import redis
 from PIL import Image
 
 from common.blobstore import RedisBlobStore, input_key
-from common.jobs import InputInfo, Job, JobStore, new_job_id, utcnow
+from common.job_store import JobStore
+from common.jobs import InputInfo, Job, new_job_id, utcnow
 from common.params import RestoreParams
+from common.workers import WorkerRegistry
 from model.errors import CanceledError
 from worker.config import WorkerSettings
+from worker.context import WorkerContext
 from worker.metrics import WorkerMetrics
-from worker.runner import WorkerContext
 
 
 @dataclass
@@ -123,6 +125,22 @@ class Receiver:
         self.server.server_close()
 
 
+class FlakyBlobs:
+    """Wraps a blob store; the first ``failures`` calls of ``put`` raise a connection error."""
+
+    def __init__(self, inner: object, failures: int) -> None:
+        self.inner, self.failures, self.put_calls = inner, failures, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.put_calls += 1
+        if self.put_calls <= self.failures:
+            raise redis.ConnectionError("connection reset by peer")
+        self.inner.put(key, data, content_type)  # type: ignore[attr-defined]
+
+
 def png_bytes(width: int = 16, height: int = 12, color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, "PNG")
@@ -161,6 +179,7 @@ class Harness:
             settings=settings,
             store=JobStore(self.client, settings),
             blobs=RedisBlobStore(self.client, settings.job_ttl_seconds),
+            workers=WorkerRegistry(self.client),
             pipeline=self.pipeline,
             options_factory=SimpleNamespace,
             metrics=WorkerMetrics(),

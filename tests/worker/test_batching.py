@@ -10,10 +10,11 @@ import redis
 from celery import Celery
 
 from common.jobs import JobStatus
+from common.keys import PARKED_PREFIX
 from common.queue import enqueue_restore, make_celery, queue_depth
 from tests.worker.conftest import Harness, png_bytes, sample
-from worker import tasks
-from worker.batching import PARKED_PREFIX, Batcher, batch_key, job_id_of
+from worker.batching import Batcher, batch_key, job_id_of
+from worker.lifecycle import run_job
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_parked_jobs_of_a_dead_worker_go_back_to_the_queue(harness: Harness, pro
     first = harness.submit()
     mate = enqueue(harness, producer)
     dead = make_batcher(harness, worker_id="w-dead")
-    harness.ctx.store.heartbeat("w-dead", now=1000.0)
+    harness.ctx.workers.beat("w-dead", now=1000.0)
     assert [j.id for j in dead.claim_mates(first, harness.ctx.store.mark_running)] == [mate]
     assert queue_depth(harness.client, "gpu") == 0
     alive = make_batcher(harness, worker_id="w-alive")
@@ -102,7 +103,7 @@ def test_parked_jobs_of_a_dead_worker_go_back_to_the_queue(harness: Harness, pro
     assert [job_id_of(m) for m in harness.client.lrange("gpu", 0, -1)] == [mate]
     assert not harness.client.exists(PARKED_PREFIX + "w-dead")
     # The redelivered message runs the job again (attempt 2), like any job of a lost worker.
-    assert tasks.run_job(harness.ctx, mate) == "succeeded"
+    assert run_job(harness.ctx, mate) == "succeeded"
     assert harness.ctx.store.get(mate).attempts == 2  # type: ignore[union-attr]
 
 
@@ -111,7 +112,7 @@ def test_run_job_batches_mates_with_separate_outcomes(harness: Harness, producer
     first = harness.submit(seed=1)
     good = enqueue(harness, producer, seed=2, output_format="webp")
     bad = enqueue(harness, producer, seed=3, data=png_bytes()[:40])  # same declared shape, corrupt bytes
-    assert tasks.run_job(harness.ctx, first.id) == "succeeded"
+    assert run_job(harness.ctx, first.id) == "succeeded"
     assert harness.pipeline.batches == [2]  # first + good ran in one model call; bad failed at decode
     store = harness.ctx.store
     assert store.get(good).status is JobStatus.succeeded  # type: ignore[union-attr]

@@ -3,23 +3,27 @@ storage errors do not leak internals into the job document, and worker bookkeepi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 from botocore.exceptions import EndpointConnectionError
 from celery import Celery
 
 from common.blobstore import BlobNotFoundError, result_key
-from common.jobs import ErrorCode, IdempotencyRecord, JobStatus, ResultInfo, result_url
+from common.idempotency import IdempotencyRecord, IdempotencyStore
+from common.jobs import ErrorCode, JobStatus, ResultInfo, result_url
+from common.keys import HELD_PREFIX, PARKED_PREFIX
 from common.queue import enqueue_restore, make_celery
 from tests.worker.conftest import Harness
 from tests.worker.test_batching import make_batcher
 from tests.worker.test_recovery import ownership
-from worker import tasks
-from worker.batching import PARKED_PREFIX, job_id_of
-from worker.recovery import HELD_PREFIX
+from worker import lifecycle
+from worker.batching import job_id_of
+from worker.execution import Execution
 
 
 class UnreachableS3:
@@ -38,7 +42,7 @@ class UnreachableS3:
 def test_storage_failure_does_not_put_internal_endpoints_in_the_job(harness: Harness) -> None:
     job = harness.submit()
     harness.ctx.blobs = UnreachableS3(harness.ctx.blobs)  # type: ignore[assignment]
-    assert tasks.run_job(harness.ctx, job.id) == "failed"
+    assert lifecycle.run_job(harness.ctx, job.id) == "failed"
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.error is not None and done.error.code is ErrorCode.internal
     assert "storage unavailable" in done.error.message
@@ -59,7 +63,7 @@ def test_stale_attempt_neither_overwrites_the_result_nor_the_record(harness: Har
     late = type(
         "Result", (), {"image": np.zeros((24, 32, 3), np.uint8), "timings": {}, "peak_memory_bytes": None}
     )
-    assert tasks.finish_succeeded(harness.ctx, tasks.Execution(harness.ctx, stale), late) == "skipped"
+    assert lifecycle.finish_succeeded(harness.ctx, Execution(harness.ctx, stale), late) == "skipped"
     assert harness.ctx.blobs.get(result_key(job.id, "png")) == b"B's result"
     done = store.get(job.id)
     assert done is not None and done.status is JobStatus.succeeded and done.attempts == 2
@@ -74,7 +78,7 @@ def test_stale_attempt_stops_once_a_newer_attempt_takes_over(harness: Harness) -
             harness.ctx.store.mark_running(job.id)  # another worker's attempt 2 starts
 
     harness.pipeline.on_step = redelivered_elsewhere
-    assert tasks.run_job(harness.ctx, job.id) == "skipped"
+    assert lifecycle.run_job(harness.ctx, job.id) == "skipped"
     assert harness.pipeline.steps_run < 40  # stopped early instead of burning the GPU
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.status is JobStatus.running and done.attempts == 2  # B's, untouched
@@ -84,10 +88,10 @@ def test_stale_attempt_stops_once_a_newer_attempt_takes_over(harness: Harness) -
 
 def test_a_redelivered_message_after_success_neither_runs_nor_writes(harness: Harness) -> None:
     job = harness.submit()
-    assert tasks.run_job(harness.ctx, job.id) == "succeeded"
+    assert lifecycle.run_job(harness.ctx, job.id) == "succeeded"
     stored = harness.ctx.blobs.get(result_key(job.id, "png"))
     before = harness.ctx.store.get(job.id)
-    assert tasks.run_job(harness.ctx, job.id) == "skipped"
+    assert lifecycle.run_job(harness.ctx, job.id) == "skipped"
     assert harness.pipeline.calls == 1
     assert harness.ctx.blobs.get(result_key(job.id, "png")) == stored
     assert harness.ctx.store.get(job.id) == before
@@ -103,7 +107,7 @@ def test_a_bug_while_starting_a_job_fails_it_instead_of_leaving_it_running(
 
     monkeypatch.setattr(harness.ctx.store, "is_cancel_requested", broken)
     with pytest.raises(KeyError):
-        tasks.run_job(harness.ctx, job.id)
+        lifecycle.run_job(harness.ctx, job.id)
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.status is JobStatus.failed
     assert done.error is not None and done.error.code is ErrorCode.internal
@@ -117,9 +121,9 @@ def test_a_bug_outside_the_per_job_handling_fails_the_job(
     def broken(*_args: object) -> list[str]:
         raise ValueError("bug")
 
-    monkeypatch.setattr(tasks, "run_executions", broken)
+    monkeypatch.setattr(lifecycle, "run_executions", broken)
     with pytest.raises(ValueError):
-        tasks.run_job(harness.ctx, job.id)
+        lifecycle.run_job(harness.ctx, job.id)
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.status is JobStatus.failed
     assert done.error is not None and done.error.message == "internal error (ValueError)"
@@ -146,9 +150,9 @@ def test_storage_outage_in_a_batch_hands_every_mate_back_to_the_queue(
     def redis_gone(*_args: object) -> list[str]:
         raise redis.ConnectionError("Connection refused")
 
-    monkeypatch.setattr(tasks, "run_executions", redis_gone)
+    monkeypatch.setattr(lifecycle, "run_executions", redis_gone)
     with pytest.raises(redis.ConnectionError):
-        tasks.run_job(harness.ctx, first.id)
+        lifecycle.run_job(harness.ctx, first.id)
     # The first job's message is requeued by the task (Reject); the mates' must not vanish with the batch.
     assert sorted(job_id_of(m) for m in harness.client.lrange("gpu", 0, -1)) == sorted(mates)
     assert harness.client.hlen(PARKED_PREFIX + "w-batch") == 0
@@ -171,14 +175,22 @@ def test_every_per_job_key_the_service_writes_expires(harness: Harness) -> None:
         harness.submit(data=b"\x89PNG\r\n\x1a\nbroken"),
         harness.submit(),
     )
-    assert tasks.run_job(ctx, succeeded.id) == "succeeded"
-    assert tasks.run_job(ctx, failed.id) == "failed"
+    assert lifecycle.run_job(ctx, succeeded.id) == "succeeded"
+    assert lifecycle.run_job(ctx, failed.id) == "failed"
     ctx.store.mark_running(running.id)
     ctx.ownership.claim(running.id)
     ctx.store.request_cancel(running.id)  # sets the cancel flag of a running job
-    ctx.store.claim_idempotency("k_owner", "order-1", IdempotencyRecord(job_id=succeeded.id, fingerprint="f"))
-    ctx.store.heartbeat("w-keys")
+    asyncio.run(_claim_idempotency(harness, IdempotencyRecord(job_id=succeeded.id, fingerprint="f")))
+    ctx.workers.beat("w-keys")
     keys = set(harness.client.scan_iter("diffbir:*"))
     assert {k.split(b":")[1] for k in keys} >= {b"job", b"blob", b"cancel", b"idem", b"owner", b"held"}
     unbounded = [k for k in keys - _FLEET_KEYS if harness.client.ttl(k) < 0]
     assert unbounded == []
+
+
+async def _claim_idempotency(harness: Harness, record: IdempotencyRecord) -> None:
+    client = aioredis.Redis.from_url(harness.redis_url)
+    try:
+        assert await IdempotencyStore(client, 3600).claim("k_owner", "order-1", record) is None
+    finally:
+        await client.aclose()

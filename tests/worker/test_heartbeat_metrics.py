@@ -8,25 +8,21 @@ import time
 import httpx
 import redis
 
-from common.jobs import WORKERS_KEY, JobStore
-from common.settings import Settings
+from common.keys import WORKERS_KEY
+from common.workers import WorkerRegistry
 from tests.conftest import free_port
 from worker.heartbeat import Heartbeat
 from worker.metrics import WorkerMetrics
 
 
-def test_heartbeat_registers_survives_housekeeping_errors_and_deregisters(
-    redis_client: redis.Redis, redis_url: str
-) -> None:
+def test_heartbeat_registers_survives_housekeeping_errors_and_deregisters(redis_client: redis.Redis) -> None:
     calls: list[float] = []
 
     def flaky_housekeeping() -> None:
         calls.append(time.time())
         raise RuntimeError("broker away")
 
-    beat = Heartbeat(
-        JobStore(redis_client, Settings(redis_url=redis_url)), "w-hb", 0.05, on_beat=flaky_housekeeping
-    )
+    beat = Heartbeat(WorkerRegistry(redis_client), "w-hb", 0.05, on_beat=flaky_housekeeping)
     beat.start()
     try:
         first = redis_client.zscore(WORKERS_KEY, "w-hb")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from common.jobs import JobStatus, ResultInfo, result_url
+from common.keys import HELD_PREFIX, HOLDERS_KEY, OWNER_PREFIX
 from tests.worker.conftest import Harness
-from worker import tasks
-from worker.recovery import HELD_PREFIX, HOLDERS_KEY, OWNER_PREFIX, Ownership
+from worker.lifecycle import run_job
+from worker.recovery import Ownership
 
 
 def ownership(harness: Harness, worker_id: str, published: list[str]) -> Ownership:
@@ -29,7 +30,7 @@ def test_live_owner_needs_a_fresh_heartbeat(harness: Harness) -> None:
     other = ownership(harness, "w-other", [])
     other.claim("j_b")
     me = ownership(harness, "w-me", [])
-    harness.ctx.store.heartbeat("w-other", now=1000.0)
+    harness.ctx.workers.beat("w-other", now=1000.0)
     assert me.live_owner("j_b", max_age_s=10, now=1005.0) == "w-other"
     assert me.live_owner("j_b", max_age_s=10, now=1011.0) is None
     assert other.live_owner("j_b", max_age_s=10, now=1005.0) is None  # never "someone else" for itself
@@ -46,8 +47,8 @@ def test_dead_workers_running_jobs_are_published_again(harness: Harness) -> None
     alive_jobs = ownership(harness, "w-alive", [])
     alive_jobs.claim("j_alive_job")
     now = time.time()
-    harness.ctx.store.heartbeat("w-dead", now=now - 120)
-    harness.ctx.store.heartbeat("w-alive", now=now)
+    harness.ctx.workers.beat("w-dead", now=now - 120)
+    harness.ctx.workers.beat("w-alive", now=now)
     published: list[str] = []
     reaper = ownership(harness, "w-reaper", published)
     assert reaper.requeue_from_dead_workers(max_age_s=60, now=now) == 1
@@ -61,8 +62,8 @@ def test_duplicate_delivery_of_a_job_on_a_live_worker_is_skipped(harness: Harnes
     job = harness.submit()
     harness.ctx.store.mark_running(job.id)
     ownership(harness, "w-busy", []).claim(job.id)
-    harness.ctx.store.heartbeat("w-busy")
-    assert tasks.run_job(harness.ctx, job.id) == "skipped"
+    harness.ctx.workers.beat("w-busy")
+    assert run_job(harness.ctx, job.id) == "skipped"
     assert harness.pipeline.calls == 0
     assert harness.ctx.store.get(job.id).attempts == 1  # type: ignore[union-attr]
 
@@ -72,8 +73,8 @@ def test_job_of_a_dead_owner_runs_again_and_ownership_is_released(harness: Harne
     job = harness.submit()
     harness.ctx.store.mark_running(job.id)
     ownership(harness, "w-gone", []).claim(job.id)
-    harness.ctx.store.heartbeat("w-gone", now=time.time() - 3600)
-    assert tasks.run_job(harness.ctx, job.id) == "succeeded"
+    harness.ctx.workers.beat("w-gone", now=time.time() - 3600)
+    assert run_job(harness.ctx, job.id) == "succeeded"
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.status is JobStatus.succeeded and done.attempts == 2
     assert not harness.client.exists(OWNER_PREFIX + job.id)

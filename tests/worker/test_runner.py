@@ -14,7 +14,8 @@ import redis
 from common.jobs import JobStatus
 from common.queue import enqueue_restore, make_celery
 from tests.worker.conftest import Harness, sample, worker_settings
-from worker import runner, tasks
+from worker import loading, runner
+from worker.lifecycle import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,34 +45,13 @@ def test_worker_without_weights_exits_nonzero_and_never_heartbeats(
 def real_pipeline() -> Iterator[tuple[object, object]]:
     """The real tiny pipeline (random weights, CPU), loaded once for this module."""
     settings = worker_settings("redis://unused")
-    yield runner.load_pipeline(settings)
-
-
-def test_warm_up_runs_a_cfg_and_a_no_cfg_restore_before_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from model.pipeline import DiffBIRPipeline
-
-    calls: list[tuple[int, int, float]] = []
-    real_restore = DiffBIRPipeline.restore
-
-    def spy(self: DiffBIRPipeline, image, options=None, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append((*image.shape[:2], options.cfg_scale))
-        return real_restore(self, image, options, *args, **kwargs)
-
-    monkeypatch.setattr(DiffBIRPipeline, "restore", spy)
-    pipeline, _ = runner.load_pipeline(worker_settings("redis://unused", worker_warmup=True))
-    # Both denoiser batch shapes a 512 px job can need: with CFG (the default) and without.
-    assert calls == [(128, 128, 4.0), (128, 128, 1.0)]
-    # The API's output limit, so a job the API accepted is not refused by the model later.
-    assert pipeline.max_pixels == 4096 * 4096
-    calls.clear()
-    runner.load_pipeline(worker_settings("redis://unused"))
-    assert calls == []
+    yield loading.load_pipeline(settings)
 
 
 def test_real_tiny_pipeline_restores_a_job(harness: Harness, real_pipeline: tuple[object, object]) -> None:
     harness.ctx.pipeline, harness.ctx.options_factory = real_pipeline
     job = harness.submit(steps=3, upscale=2, seed=5, fidelity=0.7, sampler="ddim", color_fix="adain")
-    assert tasks.run_job(harness.ctx, job.id) == "succeeded"
+    assert run_job(harness.ctx, job.id) == "succeeded"
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.result is not None
     assert (done.result.width, done.result.height) == (32, 24)
@@ -94,7 +74,7 @@ def test_real_tiny_pipeline_batches_jobs(harness: Harness, real_pipeline: tuple[
             enqueue_restore(producer, harness.ctx.settings, mate.id)
     finally:
         producer.close()
-    assert tasks.run_job(harness.ctx, first.id) == "succeeded"
+    assert run_job(harness.ctx, first.id) == "succeeded"
     assert sample(harness, "diffbir_worker_batch_size_sum") == 3
     for mate in mates:
         done = harness.ctx.store.get(mate.id)
@@ -103,7 +83,8 @@ def test_real_tiny_pipeline_batches_jobs(harness: Harness, real_pipeline: tuple[
 
 def test_importing_the_worker_app_and_task_does_not_load_torch() -> None:
     code = (
-        "import sys, worker.celery_app, worker.tasks, worker.runner; "
+        "import sys, importlib, pkgutil, worker; "
+        "[importlib.import_module('worker.' + m.name) for m in pkgutil.iter_modules(worker.__path__)]; "
         "assert 'torch' not in sys.modules and 'model.pipeline' not in sys.modules, 'heavy import'; "
         "from worker.celery_app import app; c = app.conf; "
         "assert c.worker_prefetch_multiplier == 1 and c.task_acks_late and c.task_reject_on_worker_lost; "
@@ -115,32 +96,3 @@ def test_importing_the_worker_app_and_task_does_not_load_torch() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFBIR_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-
-
-def test_compile_sizes_setting_reaches_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    from model.pipeline import DiffBIRPipeline
-
-    seen: dict[str, object] = {}
-
-    def fake_from_preset(**kwargs: object) -> object:
-        seen.update(kwargs)
-        return object()
-
-    monkeypatch.setattr(DiffBIRPipeline, "from_preset", staticmethod(fake_from_preset))
-    runner.load_pipeline(worker_settings("redis://unused", worker_compile_sizes=["512x512", "768x1024"]))
-    acceleration = seen["acceleration"]
-    assert acceleration.compile_sizes == {(512, 512), (768, 1024)}  # type: ignore[attr-defined]
-    assert acceleration.cuda_graphs is None  # type: ignore[attr-defined]  # on exactly when the device is CUDA
-    runner.load_pipeline(
-        worker_settings("redis://unused", worker_compile_sizes=["all"], worker_cuda_graphs=False)
-    )
-    acceleration = seen["acceleration"]
-    assert acceleration.compile_sizes is None and acceleration.cuda_graphs is False  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("bad", [["512"], ["512x500"], ["0x512"], ["axb"]])
-def test_bad_compile_sizes_are_refused_at_start(bad: list[str]) -> None:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="compile size"):
-        worker_settings("redis://unused", worker_compile_sizes=bad)

@@ -1,3 +1,5 @@
+"""Job records and their transitions on a real Redis (common.job_store), and the job id format."""
+
 from __future__ import annotations
 
 import threading
@@ -6,20 +8,9 @@ import pytest
 import redis
 
 from common.errors import JobStateError
-from common.jobs import (
-    ErrorCode,
-    IdempotencyRecord,
-    InputInfo,
-    Job,
-    JobStatus,
-    JobStore,
-    ResultInfo,
-    cancel_key,
-    is_valid_job_id,
-    job_key,
-    new_job_id,
-    utcnow,
-)
+from common.job_store import JobStore
+from common.jobs import ErrorCode, InputInfo, Job, JobStatus, ResultInfo, is_valid_job_id, new_job_id, utcnow
+from common.keys import cancel_key, job_key
 from common.params import RestoreParams
 from common.settings import Settings
 
@@ -135,21 +126,3 @@ def test_cancel_and_finish_race_has_one_winner(store: JobStore) -> None:
         final = store.get(job.id)
         if final.status is JobStatus.running:
             store.succeed(job.id, result)
-
-
-def test_idempotency_claim(store: JobStore, redis_client: redis.Redis) -> None:
-    first = IdempotencyRecord(job_id="j_a" + "a" * 21, fingerprint="f1")
-    assert store.claim_idempotency("o1", "key-1", first) is None
-    second = IdempotencyRecord(job_id="j_b" + "b" * 21, fingerprint="f2")
-    assert store.claim_idempotency("o1", "key-1", second) == first
-    assert store.claim_idempotency("o2", "key-1", second) is None  # keys are per owner
-    store.release_idempotency("o1", "key-1", second.job_id)  # not ours: kept
-    assert store.claim_idempotency("o1", "key-1", second) == first
-    store.release_idempotency("o1", "key-1", first.job_id)
-    assert store.claim_idempotency("o1", "key-1", second) is None
-
-
-def test_heartbeats(store: JobStore, redis_client: redis.Redis) -> None:
-    store.heartbeat("w1", now=1000.0)
-    store.heartbeat("w2", now=5000.0)  # prunes w1 (older than an hour)
-    assert redis_client.zrange("diffbir:workers", 0, -1) == [b"w2"]

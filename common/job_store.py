@@ -1,0 +1,208 @@
+"""Job records on Redis, sync side: create, read and every status transition (worker, API thread pool).
+
+Status changes go through ``JobStore.transition``: an optimistic WATCH/MULTI transaction that re-reads the
+document, checks the current status against the allowed sources and writes only if nobody changed it in the
+meantime, so a cancel and a finish can never both win. Finished jobs are kept ``job_ttl_seconds`` after they
+finish. Writes of a worker's attempt carry its number (``attempt``) and are refused once a newer attempt has
+taken the job over (fencing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import redis
+from redis.client import Pipeline
+
+from common.errors import JobStateError
+from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
+from common.keys import cancel_key, job_key
+from common.settings import Settings
+
+_MAX_TX_RETRIES = 50
+
+
+class JobStore:
+    """Sync job store shared by the API (through its thread pool) and the worker."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
+        self.ttl = settings.job_ttl_seconds
+
+    # --- create / read ---
+
+    def create(self, job: Job) -> None:
+        """Write a new job record (the API's submissions use ``AsyncJobStore.create``)."""
+        if not self.redis.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True):
+            raise JobStateError(f"job {job.id} already exists")
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.redis.get(job_key(job_id))
+        return None if raw is None else Job.model_validate_json(raw)
+
+    # --- transitions ---
+
+    def transition(
+        self,
+        job_id: str,
+        allowed_from: Iterable[JobStatus],
+        mutate: Callable[[Job], None],
+    ) -> Job | None:
+        """Apply ``mutate`` to the job atomically if its status is in ``allowed_from``.
+
+        Returns the new job, or None when the job does not exist. Raises ``JobStateError`` when the status
+        does not allow it (e.g. the job was canceled while the worker was finishing it).
+        """
+        allowed = frozenset(allowed_from)
+        key = job_key(job_id)
+
+        def act(pipe: Pipeline, job: Job) -> None:
+            if job.status not in allowed:
+                raise JobStateError(f"job {job_id} is {job.status}")
+            mutate(job)
+            pipe.multi()
+            if job.status.terminal:
+                # Keep finished jobs for a full TTL after they finish, not after they were queued.
+                pipe.set(key, job.to_redis(), ex=self.ttl)
+                pipe.delete(cancel_key(job_id))
+            else:
+                pipe.set(key, job.to_redis(), keepttl=True)
+
+        return self._atomically(job_id, act)
+
+    def _atomically(self, job_id: str, act: Callable[[Pipeline, Job], None]) -> Job | None:
+        """Read the job under WATCH, let ``act`` check it and queue its writes (after ``pipe.multi()``), and
+        commit; retried when another writer changed the job in between. None when the job does not exist."""
+        key = job_key(job_id)
+        for _ in range(_MAX_TX_RETRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    job = Job.model_validate_json(raw)
+                    act(pipe, job)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+        raise JobStateError(f"job {job_id}: too much contention")
+
+    def mark_running(self, job_id: str) -> Job | None:
+        """queued -> running (or a redelivered running job: attempts += 1). None: missing or not runnable."""
+
+        def start(job: Job) -> None:
+            job.status = JobStatus.running
+            job.started_at = job.started_at or utcnow()
+            job.attempts += 1
+
+        try:
+            return self.transition(job_id, (JobStatus.queued, JobStatus.running), start)
+        except JobStateError:
+            return None
+
+    def set_progress(
+        self, job_id: str, stage: str, step: int, total: int, attempt: int | None = None
+    ) -> bool:
+        """Record progress of a running job; False when the job is no longer running (or, with
+        ``attempt``, when a newer attempt took it over: the caller should stop)."""
+        fraction = 0.0 if total <= 0 else min(1.0, max(0.0, step / total))
+
+        def update(job: Job) -> None:
+            _check_attempt(job, attempt)
+            job.progress = Progress(stage=stage, step=step, total=total, fraction=round(fraction, 4))
+
+        try:
+            return self.transition(job_id, (JobStatus.running,), update) is not None
+        except JobStateError:
+            return False
+
+    def succeed(
+        self,
+        job_id: str,
+        result: ResultInfo,
+        timings: dict[str, float] | None = None,
+        attempt: int | None = None,
+    ) -> Job | None:
+        """running -> succeeded. With ``attempt`` (the worker's fencing token, ``Job.attempts`` when it
+        started), refused with ``JobStateError`` once a newer attempt has taken the job over."""
+
+        def finish(job: Job) -> None:
+            _check_attempt(job, attempt)
+            job.status = JobStatus.succeeded
+            job.finished_at = utcnow()
+            job.result = result
+            job.timings = dict(timings or {})
+            if job.progress is not None:
+                job.progress = Progress(
+                    stage="done", step=job.progress.total, total=job.progress.total, fraction=1.0
+                )
+
+        return self.transition(job_id, (JobStatus.running,), finish)
+
+    def fail(
+        self,
+        job_id: str,
+        code: ErrorCode,
+        message: str,
+        timings: dict[str, float] | None = None,
+        attempt: int | None = None,
+    ) -> Job | None:
+        def finish(job: Job) -> None:
+            _check_attempt(job, attempt)
+            job.status = JobStatus.failed
+            job.finished_at = utcnow()
+            job.error = JobError(code=code, message=message[:1000])
+            if timings:
+                job.timings = dict(timings)
+
+        return self.transition(job_id, (JobStatus.queued, JobStatus.running), finish)
+
+    def mark_canceled(self, job_id: str, attempt: int | None = None) -> Job | None:
+        """Worker side: a running job stopped because its cancel flag was set."""
+
+        def finish(job: Job) -> None:
+            _check_attempt(job, attempt)
+            job.status = JobStatus.canceled
+            job.finished_at = utcnow()
+            job.error = JobError(code=ErrorCode.canceled, message="canceled by the client")
+
+        return self.transition(job_id, (JobStatus.queued, JobStatus.running), finish)
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Client side: queued -> canceled now (it will never run); running -> set the cancel flag.
+
+        One WATCH transaction reads the status and acts on it, so a job that finishes meanwhile is never
+        answered "running" with a flag left behind. Raises ``JobStateError`` when the job already finished.
+        Returns None when it does not exist.
+        """
+        key = job_key(job_id)
+
+        def act(pipe: Pipeline, job: Job) -> None:
+            if job.status.terminal:
+                raise JobStateError(f"job {job_id} is already {job.status}")
+            pipe.multi()
+            if job.status is JobStatus.queued:
+                _cancel_now(job)
+                pipe.set(key, job.to_redis(), ex=self.ttl)
+            else:
+                pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
+
+        return self._atomically(job_id, act)
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(cancel_key(job_id)))
+
+
+def _check_attempt(job: Job, attempt: int | None) -> None:
+    """Fencing: a worker that was presumed dead (and whose job was redelivered) must not write over the
+    attempt that replaced it, neither its progress nor its outcome."""
+    if attempt is not None and job.attempts != attempt:
+        raise JobStateError(f"job {job.id}: attempt {attempt} was superseded by attempt {job.attempts}")
+
+
+def _cancel_now(job: Job) -> None:
+    job.status = JobStatus.canceled
+    job.finished_at = utcnow()
+    job.error = JobError(code=ErrorCode.canceled, message="canceled by the client before it started")

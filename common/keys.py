@@ -1,0 +1,58 @@
+"""Every Redis key name the service writes, in one place (prefix ``diffbir:``).
+
+Per job (each expires): ``job:{id}`` (the JSON document), ``cancel:{id}`` (cancel flag of a running job),
+``blob:{key}`` (input/result bytes on the Redis blob store), ``owner:{id}`` (the worker holding it).
+Per client: ``idem:{owner}:{hash}`` (Idempotency-Key -> job id). Per worker (pruned by heartbeats and
+reaping): ``workers`` (zset worker id -> last heartbeat), ``holders`` and ``held:{worker}`` (jobs a worker
+holds), ``reaping:{worker}`` (one reaper of a dead worker at a time), ``batch:parked_workers`` and
+``batch:parked:{worker}`` (batch mates' broker messages). There are no lists of jobs: a job is found by its
+unguessable id only, so nothing grows without bound. The broker's own lists belong to kombu (common.queue).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+KEY_PREFIX = "diffbir:"
+
+WORKERS_KEY = f"{KEY_PREFIX}workers"
+HOLDERS_KEY = f"{KEY_PREFIX}holders"
+PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
+
+OWNER_PREFIX = f"{KEY_PREFIX}owner:"
+HELD_PREFIX = f"{KEY_PREFIX}held:"
+REAP_LOCK_PREFIX = f"{KEY_PREFIX}reaping:"
+PARKED_PREFIX = f"{KEY_PREFIX}batch:parked:"
+
+
+def job_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}cancel:{job_id}"
+
+
+def blob_key(key: str) -> str:
+    return f"{KEY_PREFIX}blob:{key}"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    # The client's key is hashed so arbitrary header bytes never become part of a Redis key name.
+    return f"{KEY_PREFIX}idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def owner_key(job_id: str) -> str:
+    return OWNER_PREFIX + job_id
+
+
+def held_key(worker_id: str) -> str:
+    return HELD_PREFIX + worker_id
+
+
+def reap_lock_key(worker_id: str) -> str:
+    return REAP_LOCK_PREFIX + worker_id
+
+
+def parked_key(worker_id: str) -> str:
+    return PARKED_PREFIX + worker_id

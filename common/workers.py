@@ -1,0 +1,51 @@
+"""The registry of live workers: each GPU worker's last heartbeat in the zset ``diffbir:workers``.
+
+Workers beat (``WorkerRegistry``) and ask whether another worker is still alive before taking over its
+jobs; the API's /readyz reads the freshest beat (``AsyncWorkerRegistry``). A worker deregisters on shutdown;
+one that vanished is pruned by the next beat of any worker after ``max_age_s``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+import redis.asyncio as aioredis
+
+from common.keys import WORKERS_KEY
+
+
+class WorkerRegistry:
+    """Sync side, used by the workers."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    def beat(self, worker_id: str, now: float | None = None, max_age_s: float = 3600.0) -> None:
+        ts = time.time() if now is None else now
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(WORKERS_KEY, {worker_id: ts})
+            pipe.zremrangebyscore(WORKERS_KEY, "-inf", ts - max_age_s)  # forget long-dead workers
+            pipe.execute()
+
+    def remove(self, worker_id: str) -> None:
+        self.redis.zrem(WORKERS_KEY, worker_id)
+
+    def last_beat(self, worker_id: str) -> float | None:
+        beat = self.redis.zscore(WORKERS_KEY, worker_id)
+        return None if beat is None else float(beat)
+
+    def is_alive(self, worker_id: str, max_age_s: float, now: float | None = None) -> bool:
+        beat = self.last_beat(worker_id)
+        return beat is not None and (time.time() if now is None else now) - beat <= max_age_s
+
+
+class AsyncWorkerRegistry:
+    """Event-loop side, used by the API's readiness probe."""
+
+    def __init__(self, client: aioredis.Redis):
+        self.redis = client
+
+    async def latest_beat(self) -> float | None:
+        entries = await self.redis.zrevrange(WORKERS_KEY, 0, 0, withscores=True)
+        return float(entries[0][1]) if entries else None
