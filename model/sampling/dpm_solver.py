@@ -37,12 +37,14 @@ class DPMSolverSampler(Sampler):
         self._log_alpha = log_alpha[: len(log_alpha) - cut]
         self.total_n = len(self._log_alpha)
         self._t_array = torch.linspace(0.0, 1.0, self.total_n + 1)[1:]
+        self.grid = torch.empty(0)
         self._coefficients: list[_StepCoefficients] = []
         self._history: tuple[int, torch.Tensor] | None = None
 
     def set_timesteps(self, num_steps: int, device: torch.device | str | None = None) -> None:
         n = check_steps(num_steps)
         grid = torch.linspace(1.0, 1.0 / self.total_n, n + 1)
+        self.grid = grid  # continuous times in (0, 1], float32, n+1 values
         log_alpha = torch.stack([self._interp(t) for t in grid])
         alpha = torch.exp(log_alpha)
         sigma = torch.sqrt(1.0 - torch.exp(2.0 * log_alpha))
