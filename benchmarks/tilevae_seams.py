@@ -85,31 +85,46 @@ def row(
     return result
 
 
+def compare_tilings(
+    untiled: Callable[[], torch.Tensor],
+    blended: Callable[[int, int], torch.Tensor],
+    shared: Callable[[int], torch.Tensor],
+    tiles: list[int],
+    unit: str,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """The untiled output and, per tile size, a row for the blended windows and one for shared statistics."""
+    ref, ref_seconds = timed(untiled)
+    rows = []
+    for tile in tiles:
+        stride = tile * 3 // 4
+        out, s = timed(lambda tile=tile, stride=stride: blended(tile, stride))
+        rows.append(
+            {"tile": tile, **row(f"blended windows {tile}/{stride} {unit}", out, s, ref, ref_seconds)}
+        )
+        out, s = timed(lambda tile=tile: shared(tile))
+        rows.append({"tile": tile, **row(f"shared GroupNorm {tile} {unit} tiles", out, s, ref, ref_seconds)})
+    return ref, rows
+
+
 def measure(
     vae: VAE, img: torch.Tensor, encoder_tiles: list[int], decoder_tiles: list[int]
 ) -> dict[str, Any]:
-    z, z_seconds = timed(lambda: vae.encode(img))
-    print(f"  encoder, {img.shape[-1]} px image -> latent (max|z| {z.abs().max().item():.3f})")
-    encoder = []
-    for tile in encoder_tiles:
-        stride = tile * 3 // 4
-        out, s = timed(lambda tile=tile, stride=stride: vae.encode_tiled(img, tile, stride))
-        encoder.append({"tile": tile, **row(f"blended windows {tile}/{stride} px", out, s, z, z_seconds)})
-        out, s = timed(lambda tile=tile: encode_tiled_gn(vae, img, tile))
-        encoder.append({"tile": tile, **row(f"shared GroupNorm {tile} px tiles", out, s, z, z_seconds)})
-    image, image_seconds = timed(lambda: vae.decode(z))
-    print(f"  decoder, {z.shape[-1]} latent -> image (max|image| {image.abs().max().item():.3f})")
-    decoder = []
-    for tile in decoder_tiles:
-        stride = tile * 3 // 4
-        out, s = timed(lambda tile=tile, stride=stride: vae.decode_tiled(z, tile, stride))
-        decoder.append(
-            {"tile": tile, **row(f"blended windows {tile}/{stride} latent", out, s, image, image_seconds)}
-        )
-        out, s = timed(lambda tile=tile: decode_tiled_gn(vae, z, tile))
-        decoder.append(
-            {"tile": tile, **row(f"shared GroupNorm {tile} latent tiles", out, s, image, image_seconds)}
-        )
+    print(f"  encoder, {img.shape[-1]} px image -> latent")
+    z, encoder = compare_tilings(
+        lambda: vae.encode(img),
+        lambda tile, stride: vae.encode_tiled(img, tile, stride),
+        lambda tile: encode_tiled_gn(vae, img, tile),
+        encoder_tiles,
+        "px",
+    )
+    print(f"  decoder, {z.shape[-1]} latent -> image")
+    image, decoder = compare_tilings(
+        lambda: vae.decode(z),
+        lambda tile, stride: vae.decode_tiled(z, tile, stride),
+        lambda tile: decode_tiled_gn(vae, z, tile),
+        decoder_tiles,
+        "latent",
+    )
     return {
         "max_abs_z": z.abs().max().item(),
         "max_abs_image": image.abs().max().item(),

@@ -19,6 +19,7 @@ step what `x0_grad_rescale` says.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import numpy as np
 import torch
@@ -235,65 +236,83 @@ class DPMPP2MSolver(EDMSampler):
         return x
 
 
-class DPMPP2MSDESolver(_AncestralSolver):
-    """`edm_dpm++_2m_sde`: DPM-Solver++(2M) SDE, midpoint form; the last step returns the denoised value."""
-
-    def reset(self) -> None:
-        self._old: torch.Tensor | None = None
-        self._h_last: torch.Tensor | None = None
-
-    def solve(self, index: int, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        eta, s_noise = self.params.eta, self.params.s_noise
-        sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
-        denoised = self.guide(self.denoise(x, sigma, ctx), ctx, index)
-        if sigma_next == 0:
-            x = denoised
-        else:
-            h = _t(sigma_next) - _t(sigma)
-            eta_h = eta * h
-            x = sigma_next / sigma * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
-            if self._old is not None and self._h_last is not None:
-                r = self._h_last / h
-                x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - self._old)
-            if eta:
-                x = x + ctx.noise(x) * sigma_next * (-2 * eta_h).expm1().neg().sqrt() * s_noise
-            self._h_last = h
-        self._old = denoised
-        return x
-
-
-class DPMPP3MSDESolver(_AncestralSolver):
-    """`edm_dpm++_3m_sde` (v2.1's default): DPM-Solver++(3M) SDE; the last step returns the denoised value."""
+class _MultistepSDESolver(_AncestralSolver):
+    """DPM-Solver++ (2M / 3M) SDE: a multistep update on the last denoised values plus fresh noise; the last
+    step returns the denoised value."""
 
     def reset(self) -> None:
         self._denoised: list[torch.Tensor] = []  # newest first, at most 2
         self._h: list[torch.Tensor] = []
 
     def solve(self, index: int, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        eta, s_noise = self.params.eta, self.params.s_noise
+        eta = self.params.eta
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
         denoised = self.guide(self.denoise(x, sigma, ctx), ctx, index)
         if sigma_next == 0:
             x = denoised
         else:
             h = _t(sigma_next) - _t(sigma)
-            h_eta = h * (eta + 1)
-            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
-            phi_2 = h_eta.neg().expm1() / h_eta + 1
-            if len(self._h) >= 2:
-                (d_1, d_2), (h_1, h_2) = self._denoised, self._h
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0 = (denoised - d_1) / r0
-                d1_1 = (d_1 - d_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_3 = phi_2 / h_eta - 0.5
-                x = x + phi_2 * d1 - phi_3 * d2
-            elif self._h:
-                d = (denoised - self._denoised[0]) / (self._h[0] / h)
-                x = x + phi_2 * d
+            x = self.update(x, sigma, sigma_next, h, denoised)
             if eta:
-                x = x + ctx.noise(x) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + ctx.noise(x) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * self.params.s_noise
             self._h = [h, *self._h][:2]
         self._denoised = [denoised, *self._denoised][:2]
+        return x
+
+    @abstractmethod
+    def update(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        h: torch.Tensor,
+        denoised: torch.Tensor,
+    ) -> torch.Tensor:
+        """The deterministic part of the step, h = log(sigma / sigma_next)."""
+
+
+class DPMPP2MSDESolver(_MultistepSDESolver):
+    """`edm_dpm++_2m_sde`: DPM-Solver++(2M) SDE, midpoint form."""
+
+    def update(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        h: torch.Tensor,
+        denoised: torch.Tensor,
+    ) -> torch.Tensor:
+        eta_h = self.params.eta * h
+        x = sigma_next / sigma * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
+        if self._h:
+            r = self._h[0] / h
+            x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - self._denoised[0])
+        return x
+
+
+class DPMPP3MSDESolver(_MultistepSDESolver):
+    """`edm_dpm++_3m_sde` (v2.1's default): DPM-Solver++(3M) SDE."""
+
+    def update(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        h: torch.Tensor,
+        denoised: torch.Tensor,
+    ) -> torch.Tensor:
+        h_eta = h * (self.params.eta + 1)
+        x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+        phi_2 = h_eta.neg().expm1() / h_eta + 1
+        if len(self._h) >= 2:
+            (d_1, d_2), (h_1, h_2) = self._denoised, self._h
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0 = (denoised - d_1) / r0
+            d1_1 = (d_1 - d_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_3 = phi_2 / h_eta - 0.5
+            x = x + phi_2 * d1 - phi_3 * d2
+        elif self._h:
+            x = x + phi_2 * ((denoised - self._denoised[0]) / (self._h[0] / h))
         return x

@@ -9,6 +9,7 @@ then per step whatever the sampler draws (guidance target samples come before th
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -101,26 +102,20 @@ def sample(
     return x
 
 
+@dataclass(frozen=True)
 class _LoopContext:
     """The `StepContext` the loop lends its sampler: model calls with CFG (and tiling), guidance, noise."""
 
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        sampler: Sampler,
-        cond: Condition,
-        uncond: Condition | None,
-        cfg: float,
-        strength: float,
-        rescale_cfg: bool,
-        guidance: Guidance | None,
-        tiling: Tiling | None,
-        generator: Generators,
-    ) -> None:
-        self.denoiser, self.sampler = denoiser, sampler
-        self.cond, self.uncond = cond, uncond
-        self.cfg, self.strength, self.rescale_cfg = cfg, strength, rescale_cfg
-        self.guidance, self.tiling, self.generator = guidance, tiling, generator
+    denoiser: Denoiser
+    sampler: Sampler
+    cond: Condition
+    uncond: Condition | None
+    cfg: float
+    strength: float
+    rescale_cfg: bool
+    guidance: Guidance | None
+    tiling: Tiling | None
+    generator: Generators
 
     def model(self, x: torch.Tensor, t: ModelTime) -> torch.Tensor:
         dtype = torch.float32 if isinstance(t, float) else torch.long
