@@ -4,7 +4,8 @@
 
 Runs `model.sampling.sample` (the loop the pipeline uses: CFG, guidance, sampler step, progress and cancel
 hooks) on CPU with the `tiny` preset and a `mid` config defined here (model/config.py has only full and
-tiny), for each sampler. The model is wrapped by a timer, so
+tiny), for each sampler in `--samplers` (default: one of each kind). Two-call solvers (Heun, DPM++ SDE) call
+the model twice per step, so compare their overhead, not their model time. The model is wrapped by a timer, so
 
     overhead per step = (loop time - time inside the model) / steps        (target: <= 1 ms/step)
 
@@ -29,10 +30,22 @@ from model.cldm import Condition
 from model.config import ControlNetConfig, Stage2Config, TextConfig, UNetConfig, VAEConfig, get_preset
 from model.guidance import Guidance
 from model.loading import build_cldm
-from model.sampling import make_sampler, sample
+from model.sampling import SAMPLERS, make_sampler, sample
 from model.schedule import make_diffusion
 
 TARGET_OVERHEAD_MS = 1.0
+# One of each kind: reference DDPM, upstream DDIM / DPM-Solver++, diffusers' DPM-Solver++, one- and two-call
+# EDM solvers, the SDE solvers (v2.1's default last).
+SAMPLERS_MEASURED = (
+    "spaced",
+    "ddim",
+    "dpm++_m2",
+    "dpmpp",
+    "edm_euler",
+    "edm_heun",
+    "edm_dpm++_sde",
+    "edm_dpm++_3m_sde",
+)
 
 # A mid-size config for CPU runs: 2x the tiny width, 3 levels, wider text; built with default init.
 _MID_UNET = UNetConfig(
@@ -133,6 +146,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS_MEASURED), choices=sorted(SAMPLERS))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results: dict[str, Any] = {
@@ -145,18 +159,17 @@ def main() -> int:
         ("tiny", get_preset("tiny"), 8),
         ("mid", MID, 16),
     ]
-    print(f"{'config':6} {'sampler':7} {'cfg':>4} {'guid':>5} {'model ms':>9} {'other ms':>9} {'ratio':>6}")
+    print(f"{'config':6} {'sampler':16} {'cfg':>4} {'guid':>5} {'model ms':>9} {'other ms':>9} {'ratio':>6}")
     for name, cfg, latent in cases:
-        for sampler_name in ("spaced", "ddim", "dpmpp"):
+        for sampler_name in args.samplers:
             for cfg_scale, guided in ((4.0, False), (1.0, False), (4.0, True)):
-                if guided and sampler_name != "spaced":
-                    continue
                 r = bench(cfg, sampler_name, args.steps, latent, 1, cfg_scale, guided, args.repeats)
                 r.update(config=name, sampler=sampler_name, cfg=cfg_scale, guidance=guided, latent=latent)
                 results["runs"].append(r)
+                model_ms, other_ms = r["model_ms_per_step"], r["overhead_ms_per_step"]
                 print(
-                    f"{name:6} {sampler_name:7} {cfg_scale:4.1f} {guided!s:>5} {r['model_ms_per_step']:9.2f} "
-                    f"{r['overhead_ms_per_step']:9.3f} {r['overhead_ratio']:6.3f}",
+                    f"{name:6} {sampler_name:16} {cfg_scale:4.1f} {guided!s:>5} {model_ms:9.2f} "
+                    f"{other_ms:9.3f} {r['overhead_ratio']:6.3f}",
                     flush=True,
                 )
     if args.out:

@@ -22,13 +22,13 @@ from model.colorfix import COLOR_FIXES
 from model.errors import InvalidInputError
 from model.fidelity import check_fidelity
 from model.inputs import MAX_UPSCALE
-from model.sampling.registry import SAMPLER_FACTORIES
+from model.sampling.registry import SAMPLERS as SAMPLER_SPECS
 from model.weights import TASKS, VERSIONS
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, step, total)
 CancelFn = Callable[[], bool]  # True -> CanceledError at the next check
 
-SAMPLERS: tuple[str, ...] = tuple(SAMPLER_FACTORIES)
+SAMPLERS: tuple[str, ...] = tuple(SAMPLER_SPECS)
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STAGES = ("stage1", "vae_encode", "sampler", "vae_decode", "postprocess")  # RestoreResult.timings keys
 MAX_STEPS = 1000  # the training schedule's length: no sampler can take more steps

@@ -1,58 +1,68 @@
-"""Deterministic DDIM (eta = 0) through diffusers' `DDIMScheduler`, on our betas.
+"""Upstream DiffBIR's DDIM (`DDIMSampler`, eta 0 as its pipeline builds it): deterministic, "uniform" steps.
 
-"trailing" spacing starts at t=999 (needed by zero-SNR models and the "cond" start point) and the last step
-lands on the clean image (`set_alpha_to_one`). Note: diffusers steps to `t - 1000 // n`, which for step counts
-that do not divide 1000 can differ by one timestep from the next model call; that is diffusers' behaviour.
+Hand-written rather than diffusers' `DDIMScheduler`, which cannot give these numbers: upstream steps on
+`range(0, 1000, 1000 // n) + 1` (so 6 steps start at t=997 and take 7 steps; 10 steps start at t=901), steps
+the last one to alphas_cumprod[0] rather than to 1, and reads float32 buffers rounded once from float64.
+diffusers has no "+1" offset, and its "leading" spacing with `steps_offset=1` drops the extra step.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
-from model.sampling.base import TabulatedSampler
-from model.schedule import Diffusion
-
-PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
+from model.sampling.base import StepContext, VPSampler, check_steps, first_order_x0_coefficient
 
 
-class DDIMSampler(TabulatedSampler):
-    def __init__(self, diffusion: Diffusion) -> None:
-        super().__init__(diffusion)
-        self.scheduler = DDIMScheduler(
-            num_train_timesteps=diffusion.num_timesteps,
-            trained_betas=diffusion.betas.tolist(),  # our float64 betas (diffusers rounds them to float32)
-            prediction_type=PREDICTION_TYPES[diffusion.parameterization],
-            timestep_spacing="trailing",
-            set_alpha_to_one=True,
-            clip_sample=False,
-            thresholding=False,
-        )
-        self._alpha = self._sigma = self._rescale = torch.empty(0)
+class DDIMSampler(VPSampler):
+    """x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) e (upstream's `p_sample` with ddim_sigma = 0)."""
 
     def set_timesteps(self, num_steps: int, device: torch.device | str | None = None) -> None:
-        sched = self.scheduler
-        sched.set_timesteps(num_steps)
-        self.timesteps = [int(t) for t in sched.timesteps]
-        stride = sched.config.num_train_timesteps // num_steps
-        # The same alphas diffusers' `step` reads, gathered once so steps index device tensors.
-        ac, final = sched.alphas_cumprod, sched.final_alpha_cumprod
-        ab = torch.stack([ac[t] for t in self.timesteps])
-        ab_prev = torch.stack([ac[t - stride] if t >= stride else final for t in self.timesteps])
-        self._alpha, self._sigma = ab.sqrt().to(device), (1 - ab).sqrt().to(device)
-        self._rescale = 1 / _x0_coefficient(ab, ab_prev).to(device)
+        check_steps(num_steps)
+        total = self.diffusion.num_timesteps
+        ascending = np.arange(0, total, total // num_steps) + 1
+        # When 999 is a multiple of the stride (3, 9, 27, 37 or > 500 steps) upstream's last "+1" step is
+        # t=1000, past the schedule, and it raises IndexError; we drop that step.
+        ascending = ascending[ascending < total]
+        ab = self.diffusion.alphas_cumprod  # float64, rounded to float32 once (upstream's registered buffers)
+        ab_t = ab[ascending]
+        ab_prev = np.concatenate([[ab[0]], ab[ascending[:-1]]])
+        self.timesteps = [int(t) for t in ascending[::-1]]
 
-    def step(
-        self, model_output: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        def buffer(values: np.ndarray) -> torch.Tensor:
+            return torch.tensor(values[::-1].copy(), dtype=torch.float32, device=device)  # by loop index
+
+        self._ab, self._ab_prev = buffer(ab_t), buffer(ab_prev)
+        self._sqrt_ab, self._sqrt_one_minus_ab = buffer(np.sqrt(ab_t)), buffer(np.sqrt(1.0 - ab_t))
+        # Computed in float32 from the float32 buffers, as upstream's step does.
+        self._sqrt_ab_f32 = self._ab.sqrt()
+        self._sqrt_ab_prev, self._sqrt_one_minus_ab_prev = self._ab_prev.sqrt(), (1.0 - self._ab_prev).sqrt()
+        self._rescale = 1 / first_order_x0_coefficient(self._ab, self._ab_prev)
+
+    def alpha_sigma(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_index(index)
-        return self.scheduler.step(model_output, self.timesteps[index], x, eta=0.0, return_dict=False)[0]
+        return self._sqrt_ab_f32[index], self._sqrt_one_minus_ab[index]
 
+    def x0_grad_rescale(self, index: int) -> torch.Tensor:
+        self._check_index(index)
+        return self._rescale[index]
 
-def _x0_coefficient(ab: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
-    """d x_prev / d x0 of the deterministic first-order update (DDIM eta=0, = DPM-Solver++ order 1).
-
-    x_prev = sqrt(ab_prev) x0 + sqrt(1-ab_prev) eps with eps = (x - sqrt(ab) x0) / sqrt(1-ab). Dividing the
-    guidance gradient by it moves x_prev by the guidance step itself, as 1/posterior_mean_coef1 does for DDPM.
-    """
-    return ab_prev.sqrt() - (1 - ab_prev).sqrt() * ab.sqrt() / (1 - ab).sqrt()
+    def step(self, index: int, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        self._check_index(index)
+        t = self.timesteps[index]
+        out = ctx.model(x, t)
+        sqrt_one_minus = self._sqrt_one_minus_ab[index]
+        if self.parameterization == "v":
+            # eps as upstream's predict_eps_from_z_and_v; x0 directly from v, where upstream divides by
+            # sqrt(ab): the same up to rounding, and finite at t=999 of a zero-SNR schedule (ab = 0), where
+            # upstream's is NaN.
+            e = self._sqrt_ab[index] * out + sqrt_one_minus * x
+            x0 = self._sqrt_ab[index] * x - sqrt_one_minus * out
+        else:
+            e = out
+            x0 = (x - sqrt_one_minus * e) / self._sqrt_ab_f32[index]
+        guided = ctx.guide(x0, t, index)
+        if guided is not x0:  # keep x fixed: the eps that goes with the guided x0
+            x0, e = guided, (x - self._sqrt_ab_f32[index] * guided) / sqrt_one_minus
+        # Upstream also draws randn_like(x) here and multiplies it by ddim_sigma = 0; the draw is skipped.
+        return self._sqrt_ab_prev[index] * x0 + self._sqrt_one_minus_ab_prev[index] * e

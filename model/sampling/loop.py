@@ -1,21 +1,22 @@
 """The sampling loop (paper Alg. 1), the start point and noise augmentation.
 
-Per step: model output (CFG) -> x0 -> optional guidance on x0 -> back to a model output -> sampler step.
-The loop only calls the pieces; the maths lives in the sampler, `cfg`, `tiled` and `model/guidance.py`.
-Random draws come in the reference's order: start noise, noise augmentation, then per step the guidance
-target sample(s) followed by the step noise.
+Per step the sampler calls the model (CFG) one or more times, turns each output into x0, lets guidance pull
+x0 (`StepContext.guide`) and steps on. The loop only lends the pieces; the maths lives in the sampler, `cfg`,
+`tiled` and `model/guidance.py`. Random draws come in the reference's order: start noise, noise augmentation,
+then per step whatever the sampler draws (guidance target samples come before the DDPM step noise).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from model.errors import CanceledError, InvalidInputError
-from model.sampling.base import Generators, Sampler, draw_noise
-from model.sampling.cfg import Denoiser, cfg_scale_at, guided_output
+from model.sampling.base import Generators, ModelTime, Sampler, draw_noise
+from model.sampling.cfg import Denoiser, guided_output
 from model.sampling.tiled import Tiling, blend_windows, tiled_denoiser
 from model.schedule import Diffusion
 
@@ -71,30 +72,68 @@ def sample(
     generator: Generators = None,
     rescale_cfg: bool = False,
 ) -> torch.Tensor:
-    """Denoise `x_T` [B,4,h,w] in `steps` steps and return z_0 (float32, scaled latent).
+    """Denoise `x_T` [B,4,h,w] with a `steps`-step schedule and return z_0 (float32, scaled latent).
 
-    `rescale_cfg` is v2.1's timestep-dependent CFG. `progress("sampler", i, steps)` runs after each step and
-    `should_cancel()` before each one (raising CanceledError); nothing in the loop syncs with the device.
+    `rescale_cfg` is v2.1's timestep-dependent CFG. `progress("sampler", i, n)` runs after each of the
+    sampler's `n` steps (upstream DDIM may take one more than `steps`) and `should_cancel()` before each one
+    (raising CanceledError); nothing in the loop syncs with the device.
     """
     sampler.set_timesteps(steps, device=x_T.device)
-    denoiser = model if tiling is None else tiled_denoiser(model, tiling)
-    x = x_T.float()
-    batch = x.shape[0]
-    for i, t in enumerate(sampler.timesteps):
+    ctx = _LoopContext(
+        model if tiling is None else tiled_denoiser(model, tiling),
+        sampler,
+        cond,
+        uncond,
+        cfg,
+        strength,
+        rescale_cfg,
+        guidance,
+        tiling,
+        generator,
+    )
+    x = sampler.start(x_T.float())
+    total = sampler.num_steps
+    for i in range(total):
         if should_cancel is not None and should_cancel():
-            raise CanceledError(f"canceled before sampler step {i + 1}/{steps}")
-        model_t = torch.full((batch,), t, dtype=torch.long, device=x.device)
-        scale = cfg_scale_at(cfg, t, rescale_cfg)
-        output = guided_output(denoiser, x, model_t, cond, uncond, scale, strength).to(x.dtype)
-        if guidance is not None and guidance.active(t):
-            x0 = sampler.predict_x0(output, i, x)
-            x0 = guide(guidance, x0, sampler.x0_grad_rescale(i), tiling, generator)
-            output = sampler.model_output_from_x0(x0, i, x)
-        noise = draw_noise(x, generator) if sampler.needs_noise else None
-        x = sampler.step(output, i, x, noise)
+            raise CanceledError(f"canceled before sampler step {i + 1}/{total}")
+        x = sampler.step(i, x, ctx)
         if progress is not None:
-            progress("sampler", i + 1, steps)
+            progress("sampler", i + 1, total)
     return x
+
+
+@dataclass(frozen=True)
+class _LoopContext:
+    """The `StepContext` the loop lends its sampler: model calls with CFG (and tiling), guidance, noise."""
+
+    denoiser: Denoiser
+    sampler: Sampler
+    cond: Condition
+    uncond: Condition | None
+    cfg: float
+    strength: float
+    rescale_cfg: bool
+    guidance: Guidance | None
+    tiling: Tiling | None
+    generator: Generators
+
+    def model(self, x: torch.Tensor, t: ModelTime) -> torch.Tensor:
+        dtype = torch.float32 if isinstance(t, float) else torch.long
+        model_t = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
+        scale = self.sampler.cfg_scale(self.cfg, t, self.rescale_cfg)
+        out = guided_output(
+            self.denoiser, x, model_t, self.cond, self.uncond, scale, self.strength, self.sampler.cfg_order
+        )
+        return out.to(x.dtype)
+
+    def guide(self, x0: torch.Tensor, t: ModelTime, index: int) -> torch.Tensor:
+        if self.guidance is None or not self.guidance.active(t):
+            return x0
+        targets = self.guidance.draw_targets(self.generator)
+        return guide(self.guidance, x0, self.sampler.x0_grad_rescale(index), self.tiling, targets)
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        return draw_noise(like, self.generator)
 
 
 def guide(
@@ -102,26 +141,28 @@ def guide(
     x0: torch.Tensor,
     grad_rescale: torch.Tensor,
     tiling: Tiling | None,
-    generator: Generators = None,
+    targets: list[torch.Tensor],
 ) -> torch.Tensor:
     """Guidance on the whole x0, or per window (each on its target slice, gaussian-blended) when tiled.
 
     Per-window guidance keeps "rgb" guidance's decoder pass at window size, so it fits wherever tiled
-    denoising does; the per-repeat target samples are drawn once per step and shared by the windows. Each
+    denoising does; the per-repeat `targets` (`Guidance.draw_targets`) are shared by the windows. Each
     window's loss is a mean over that window, so the pull per latent cell does not shrink as images grow
     (untiled, it scales with 1/(h*w) as in the reference).
     """
     if tiling is None:
-        return guidance(x0, grad_rescale, generator)
-    targets = guidance.draw_targets(generator)
-    losses: list[torch.Tensor] = []
+        out, losses = guidance.apply(x0, grad_rescale, targets)
+    else:
+        losses = []
 
-    def window(coords: tuple[int, int, int, int]) -> torch.Tensor:
-        hi, hi_end, wi, wi_end = coords
-        guided, window_losses = guidance.apply(x0[..., hi:hi_end, wi:wi_end], grad_rescale, targets, coords)
-        losses.extend(window_losses)
-        return guided
+        def window(coords: tuple[int, int, int, int]) -> torch.Tensor:
+            hi, hi_end, wi, wi_end = coords
+            guided, window_losses = guidance.apply(
+                x0[..., hi:hi_end, wi:wi_end], grad_rescale, targets, coords
+            )
+            losses.extend(window_losses)
+            return guided
 
-    out = blend_windows(window, x0.shape, tiling, x0.device).to(x0.dtype)
+        out = blend_windows(window, x0.shape, tiling, x0.device).to(x0.dtype)
     guidance.last_loss = torch.stack(losses).mean()
     return out

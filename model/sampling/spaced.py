@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from model.errors import InvalidInputError
-from model.sampling.base import Sampler
+from model.sampling.base import StepContext, VPSampler
 from model.schedule import SpacedSchedule
 
 
-class SpacedSampler(Sampler):
+class SpacedSampler(VPSampler):
     """x_{t-1} = coef1*x0 + coef2*x_t + sqrt(posterior_variance)*noise, on the spaced schedule."""
-
-    needs_noise = True
 
     schedule: SpacedSchedule
 
@@ -54,14 +51,12 @@ class SpacedSampler(Sampler):
         # The posterior mean moves by coef1 * delta_x0; 1/coef1 makes it move by the guidance step itself.
         return 1 / self.schedule.posterior_mean_coef1[self.spaced_index(index)]
 
-    def step(
-        self, model_output: torch.Tensor, index: int, x: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if noise is None:
-            raise InvalidInputError("the spaced (ancestral) sampler needs a noise draw at every step")
+    def step(self, index: int, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         j = self.spaced_index(index)
+        t = self.timesteps[index]
         s = self.schedule
-        x0 = self.predict_x0(model_output, index, x)
+        x0 = ctx.guide(self.predict_x0(ctx.model(x, t), index, x), t, index)
+        noise = ctx.noise(x)  # drawn on the last step too, after the guidance targets: the reference's order
         mean = s.posterior_mean_coef1[j] * x0 + s.posterior_mean_coef2[j] * x
         if j == 0:  # the reference masks the last draw (`index != 0`); its variance is 0 there anyway
             return mean

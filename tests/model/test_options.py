@@ -23,12 +23,13 @@ from model.options import (
     random_seed,
 )
 from model.presets import OFFICIAL_SAMPLING, STAGE1_KINDS, STAGE2_SETTINGS, default_options
-from model.sampling import SAMPLER_FACTORIES, make_sampler
+from model.sampling import SAMPLERS as SAMPLER_SPECS
+from model.sampling import make_sampler
 from model.schedule import make_diffusion
 
 
 def test_sampler_names_are_the_registry() -> None:
-    assert tuple(SAMPLER_FACTORIES) == SAMPLERS
+    assert tuple(SAMPLER_SPECS) == SAMPLERS
     for name in SAMPLERS:
         sampler = make_sampler(name, make_diffusion())
         sampler.set_timesteps(4)

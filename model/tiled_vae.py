@@ -1,0 +1,377 @@
+"""Seam-free tiled VAE: tiles that share GroupNorm statistics, as upstream DiffBIR's tiled VAE (Li Yi's
+VAEHook).
+
+Why: encoding or decoding overlapping windows independently and blending them (`VAE.encode_tiled` /
+`decode_tiled`) gives each window its own GroupNorm mean and variance, so neighbouring windows disagree and
+the blend shows as seams. Here every tile runs the network layer by layer; at each GroupNorm the tiles'
+statistics are combined (pixel-weighted means of the per-tile mean and variance) and every tile is normalised
+with the same numbers, so the tiles behave like one image except where a 3x3 conv or the mid-block attention
+sees past its tile (the pad of 32 px / 11 latent px keeps those effects inside the discarded margin). The
+cropped cores are copied into the output: no blending.
+
+Layout (upstream's `split_tiles`): cores of about `tile` (rounded up to a multiple of 32, 16, 8, 4 or 2) start
+`pad` from the top-left edge; a core within `pad` of an image edge extends its output to that edge; each
+tile's input is its core plus `pad` on every side, clipped to the image. Images no larger than `tile + 2*pad`
+run whole. Memory: a tile's activations live on the compute device only while it runs; between GroupNorms the
+tiles wait on the host (`offload`), which is what lets a large image fit.
+
+Hand-written: diffusers' own `enable_tiling` blends independently normalised tiles (the seams above), and no
+library implements the shared-statistics scheme. Works on our diffusers `AutoencoderKL` (model/vae.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from torch import nn
+
+from model.errors import InvalidInputError
+from model.vae import VAE
+
+ENCODER_PAD = 32  # image px around each encoder tile (upstream's "magic number")
+DECODER_PAD = 11  # latent px around each decoder tile
+
+Box = tuple[int, int, int, int]  # (x0, x1, y0, y1), upstream's order
+
+
+@dataclass(frozen=True)
+class Tile:
+    input_box: Box  # in input units (image px for the encoder, latent px for the decoder)
+    output_box: Box  # in output units
+
+
+def best_tile_size(lower: int, upper: int) -> int:
+    """`lower` rounded up to a multiple of 32, else 16, 8, 4, 2: the first that stays <= `upper`."""
+    divider = 32
+    while divider >= 2:
+        if lower % divider == 0:
+            return lower
+        candidate = lower - lower % divider + divider
+        if candidate <= upper:
+            return candidate
+        divider //= 2
+    return lower
+
+
+def split_tiles(height: int, width: int, tile: int, pad: int, to_output: Callable[[int], int]) -> list[Tile]:
+    """Upstream's tile layout, row-major; `to_output` maps input to output px (x8 decoding, //8 encoding)."""
+    rows = max(1, math.ceil((height - 2 * pad) / tile))
+    cols = max(1, math.ceil((width - 2 * pad) / tile))
+    tile_h = best_tile_size(math.ceil((height - 2 * pad) / rows), tile)
+    tile_w = best_tile_size(math.ceil((width - 2 * pad) / cols), tile)
+
+    tiles = []
+    for i in range(rows):
+        for j in range(cols):
+            x0, x1 = pad + j * tile_w, min(pad + (j + 1) * tile_w, width)
+            y0, y1 = pad + i * tile_h, min(pad + (i + 1) * tile_h, height)
+            output = (
+                x0 if x0 > pad else 0,
+                x1 if x1 < width - pad else width,
+                y0 if y0 > pad else 0,
+                y1 if y1 < height - pad else height,
+            )
+            tiles.append(
+                Tile(
+                    input_box=(
+                        max(0, x0 - pad),
+                        min(width, x1 + pad),
+                        max(0, y0 - pad),
+                        min(height, y1 + pad),
+                    ),
+                    output_box=(
+                        to_output(output[0]),
+                        to_output(output[1]),
+                        to_output(output[2]),
+                        to_output(output[3]),
+                    ),
+                )
+            )
+    return tiles
+
+
+# ---- the networks as a flat list of operations, GroupNorms kept apart ------------------------------------
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One step of a tile's program: `norm` (a GroupNorm, statistics shared across tiles), `fn` (per tile),
+    `save` (keep fn(h) as the skip), `add` (h = (h + skip) * factor)."""
+
+    kind: Literal["norm", "fn", "save", "add"]
+    fn: Callable[[torch.Tensor], torch.Tensor] | nn.GroupNorm | None = None
+    factor: float = 1.0
+
+
+def _resnet_ops(block: nn.Module) -> list[_Op]:
+    shortcut = block.conv_shortcut if block.conv_shortcut is not None else _identity
+    return [
+        _Op("save", shortcut),
+        _Op("norm", block.norm1),
+        _Op("fn", block.nonlinearity),
+        _Op("fn", block.conv1),
+        _Op("norm", block.norm2),
+        _Op("fn", block.nonlinearity),
+        _Op("fn", block.conv2),  # dropout is the identity at inference
+        _Op("add", factor=1.0 / block.output_scale_factor),
+    ]
+
+
+def _attention_ops(attn: nn.Module) -> list[_Op]:
+    if attn.spatial_norm is not None or attn.norm_q is not None or not attn.residual_connection:
+        raise InvalidInputError(
+            "tiled VAE: unsupported attention block (spatial norm, qk norm or no residual)"
+        )
+    return [
+        _Op("save", _identity),
+        _Op("norm", attn.group_norm),
+        _Op("fn", lambda h: _attention(attn, h)),
+        _Op("add", factor=1.0 / attn.rescale_output_factor),
+    ]
+
+
+def _mid_ops(mid: nn.Module) -> list[_Op]:
+    ops = _resnet_ops(mid.resnets[0])
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
+        if attn is not None:
+            ops += _attention_ops(attn)
+        ops += _resnet_ops(resnet)
+    return ops
+
+
+def _tail_ops(net: nn.Module) -> list[_Op]:
+    return [_Op("norm", net.conv_norm_out), _Op("fn", net.conv_act), _Op("fn", net.conv_out)]
+
+
+def encoder_ops(encoder: nn.Module) -> list[_Op]:
+    """diffusers `Encoder.forward`, unrolled."""
+    ops = [_Op("fn", encoder.conv_in)]
+    for block in encoder.down_blocks:
+        for resnet in block.resnets:
+            ops += _resnet_ops(resnet)
+        for down in block.downsamplers or ():
+            ops.append(_Op("fn", down))
+    return ops + _mid_ops(encoder.mid_block) + _tail_ops(encoder)
+
+
+def decoder_ops(decoder: nn.Module) -> list[_Op]:
+    """diffusers `Decoder.forward` (no latent embeddings), unrolled."""
+    ops = [_Op("fn", decoder.conv_in), *_mid_ops(decoder.mid_block)]
+    for block in decoder.up_blocks:
+        for resnet in block.resnets:
+            ops += _resnet_ops(resnet)
+        for up in block.upsamplers or ():
+            ops.append(_Op("fn", up))
+    return ops + _tail_ops(decoder)
+
+
+def _identity(h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+def _attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """diffusers' `AttnProcessor2_0` after its group norm: self-attention over the tile's own pixels."""
+    b, c, height, width = h.shape
+    x = h.reshape(b, c, height * width).transpose(1, 2)
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    head_dim = k.shape[-1] // attn.heads
+    q, k, v = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, attn.heads * head_dim)
+    out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+    return out.transpose(-1, -2).reshape(b, c, height, width)
+
+
+# ---- execution ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TileState:
+    h: torch.Tensor
+    skip: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> _TileState:
+        return _TileState(self.h.to(device), None if self.skip is None else self.skip.to(device))
+
+
+def _group_stats(h: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biased per-(sample, group) variance and mean, in float32 (fp16 variances can overflow)."""
+    return torch.var_mean(h.float().reshape(h.shape[0], groups, -1), dim=2, unbiased=False)
+
+
+def _shared_norm(norm: nn.GroupNorm, h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    b, c = h.shape[:2]
+    x = h.float().reshape(b, norm.num_groups, -1)
+    x = ((x - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(h.shape)
+    if norm.affine:
+        x = x * norm.weight.float().view(1, c, 1, 1) + norm.bias.float().view(1, c, 1, 1)
+    return x.to(h.dtype)
+
+
+def _run_op(op: _Op, state: _TileState) -> None:
+    if op.kind == "fn":
+        state.h = op.fn(state.h)  # type: ignore[misc]
+    elif op.kind == "save":
+        state.skip = op.fn(state.h)  # type: ignore[misc]
+    elif op.kind == "add":
+        assert state.skip is not None
+        state.h = (state.h + state.skip) * op.factor if op.factor != 1.0 else state.h + state.skip
+        state.skip = None
+    else:
+        raise AssertionError(op.kind)
+
+
+@torch.no_grad()
+def run_tiled(
+    ops: Sequence[_Op],
+    x: torch.Tensor,
+    tiles: Sequence[Tile],
+    to_output: Callable[[int], int],
+    offload: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Run `ops` on every tile of `x` [B,C,H,W], sharing GroupNorm statistics, and paste each tile's valid
+    core into a float32 result. `offload`: where tiles wait between GroupNorms (None: where `x` is)."""
+    device = x.device
+    park = torch.device(offload) if offload is not None else device
+    states = [_TileState(_crop(x, t.input_box).to(park)) for t in tiles]
+    segments = _segments(ops)
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pixels: list[int] = []
+    for n, segment in enumerate(segments):
+        first = segment[0]
+        shared = _combine(stats, pixels) if first.kind == "norm" else None
+        next_norm = segments[n + 1][0].fn if n + 1 < len(segments) else None
+        stats, pixels = [], []
+        for k, parked in enumerate(states):
+            state = parked.to(device)
+            for op in segment:
+                if op is first and shared is not None:
+                    state.h = _shared_norm(op.fn, state.h, *shared)  # type: ignore[arg-type]
+                else:
+                    _run_op(op, state)
+            if isinstance(next_norm, nn.GroupNorm):
+                stats.append(_group_stats(state.h, next_norm.num_groups))
+                pixels.append(state.h.shape[-2] * state.h.shape[-1])
+            states[k] = state.to(park)
+    height, width = to_output(x.shape[-2]), to_output(x.shape[-1])
+    out: torch.Tensor | None = None
+    for tile, state in zip(tiles, states, strict=True):
+        h = state.h.to(device)
+        if out is None:
+            out = torch.zeros((h.shape[0], h.shape[1], height, width), dtype=torch.float32, device=device)
+        x0, x1, y0, y1 = tile.output_box
+        ix, iy = to_output(tile.input_box[0]), to_output(tile.input_box[2])
+        out[..., y0:y1, x0:x1] = h[..., y0 - iy : y1 - iy, x0 - ix : x1 - ix].float()
+    assert out is not None
+    return out
+
+
+def _crop(x: torch.Tensor, box: Box) -> torch.Tensor:
+    x0, x1, y0, y1 = box
+    return x[..., y0:y1, x0:x1]
+
+
+def _segments(ops: Sequence[_Op]) -> list[list[_Op]]:
+    """Split the program before every GroupNorm: the points where all tiles must meet."""
+    segments: list[list[_Op]] = [[]]
+    for op in ops:
+        if op.kind == "norm":
+            segments.append([])
+        segments[-1].append(op)
+    return [s for s in segments if s]
+
+
+def _combine(
+    stats: list[tuple[torch.Tensor, torch.Tensor]], pixels: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var): pixel-weighted means of the tiles' per-group means and variances (upstream's rule, with no
+    between-tile variance term)."""
+    largest = max(pixels)
+    w = torch.tensor([p / largest for p in pixels], dtype=torch.float32, device=stats[0][0].device)
+    w = (w / w.sum()).view(-1, 1, 1)
+    var = torch.stack([v for v, _ in stats])
+    mean = torch.stack([m for _, m in stats])
+    return (mean * w).sum(dim=0), (var * w).sum(dim=0)
+
+
+# ---- public API on our VAE ---------------------------------------------------------------------------------
+
+
+def _default_offload(device: torch.device) -> torch.device | None:
+    return torch.device("cpu") if device.type != "cpu" else None
+
+
+def _needs_tiles(height: int, width: int, tile: int, pad: int) -> bool:
+    return max(height, width) > 2 * pad + tile
+
+
+def encoder_tiled_gn(
+    vae: VAE, img: torch.Tensor, tile: int, offload: torch.device | str | None = None
+) -> torch.Tensor:
+    """The raw encoder output (2 x latent channels, before quant_conv) of `img` [B,3,H,W] in [-1,1], tiled
+    with `tile`-px cores."""
+    _check_tile(tile)
+    d = vae.downscale
+    if img.ndim != 4 or img.shape[1] != 3 or img.shape[-2] % d or img.shape[-1] % d:
+        raise InvalidInputError(f"encode_tiled_gn: expected an image [B,3,H,W] with H, W multiples of {d}")
+    encoder = vae.autoencoder.encoder
+    img = img.to(vae.dtype)
+    h, w = img.shape[-2:]
+    if not _needs_tiles(h, w, tile, ENCODER_PAD):
+        return encoder(img)
+    tiles = split_tiles(h, w, tile, ENCODER_PAD, lambda v: v // d)
+    offload = offload if offload is not None else _default_offload(img.device)
+    return run_tiled(encoder_ops(encoder), img, tiles, lambda v: v // d, offload).to(vae.dtype)
+
+
+def posterior_tiled_gn(
+    vae: VAE, img: torch.Tensor, tile: int, offload: torch.device | str | None = None
+) -> DiagonalGaussianDistribution:
+    """`VAE.posterior`, tiled (see `encoder_tiled_gn`)."""
+    moments = encoder_tiled_gn(vae, img, tile, offload)
+    quant_conv = vae.autoencoder.quant_conv
+    return DiagonalGaussianDistribution(quant_conv(moments) if quant_conv is not None else moments)
+
+
+def encode_tiled_gn(
+    vae: VAE,
+    img: torch.Tensor,
+    tile: int,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+    offload: torch.device | str | None = None,
+) -> torch.Tensor:
+    """`VAE.encode`, tiled: scaled latent (posterior mode unless `sample`)."""
+    posterior = posterior_tiled_gn(vae, img, tile, offload)
+    z = posterior.sample(generator=generator) if sample else posterior.mode()
+    return z * vae.scale_factor
+
+
+def decode_tiled_gn(
+    vae: VAE, z: torch.Tensor, tile: int, offload: torch.device | str | None = None
+) -> torch.Tensor:
+    """`VAE.decode`, tiled with `tile`-latent-px cores: scaled latent [B,4,h,w] -> image [B,3,8h,8w]."""
+    _check_tile(tile)
+    if z.ndim != 4:
+        raise InvalidInputError(f"decode_tiled_gn: expected a latent [B,C,h,w], got {tuple(z.shape)}")
+    ae = vae.autoencoder
+    z = z.to(vae.dtype) / vae.scale_factor
+    if ae.post_quant_conv is not None:
+        z = ae.post_quant_conv(z)
+    h, w = z.shape[-2:]
+    if not _needs_tiles(h, w, tile, DECODER_PAD):
+        return ae.decoder(z)
+    d = vae.downscale
+    tiles = split_tiles(h, w, tile, DECODER_PAD, lambda v: v * d)
+    offload = offload if offload is not None else _default_offload(z.device)
+    return run_tiled(decoder_ops(ae.decoder), z, tiles, lambda v: v * d, offload).to(vae.dtype)
+
+
+def _check_tile(tile: int) -> None:
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise InvalidInputError(f"tile size must be a positive integer, got {tile!r}")
