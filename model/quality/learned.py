@@ -12,6 +12,8 @@ the spot and becomes the skip reason, naming the file and where it comes from.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 
 from model.quality.vocab import PASSTHROUGH, PYIQA_NAMES
+
+log = logging.getLogger(__name__)
 
 
 class WeightsAbsentError(RuntimeError):
@@ -125,10 +129,17 @@ class LearnedMetrics:
             return
         for name in names:
             try:
-                with weights_from(self.weights_dir, allow_download), torch.inference_mode(False):
+                # pyiqa prints "Downloading ..." even for a fetch that is then refused: keep it off stdout
+                chatter = io.StringIO()
+                with (
+                    weights_from(self.weights_dir, allow_download),
+                    contextlib.redirect_stdout(chatter),
+                ):
                     self.metrics[name] = pyiqa.create_metric(pyiqa_name(name), device=self.device)
             except Exception as exc:  # any failure to build one metric skips it, by name, with the reason
                 self.skipped[name] = _reason(exc)
+            finally:
+                log.debug("pyiqa %s: %s", name, chatter.getvalue().strip())
 
     def mode(self, name: str) -> str:
         """'FR' (needs the reference image) or 'NR'; FID ('NR' in pyiqa) is scored per folder instead."""
