@@ -244,7 +244,7 @@ def _assemble(
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device)
             if device.type == "cuda"
-            else platform.processor(),
+            else platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "crop_border": plan.crop_border,
             "warmup": plan.warmup,

@@ -43,9 +43,15 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _cell(value: Any) -> str:
+    """Numbers right-aligned, text left."""
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    return f"<td class='{'num' if numeric else 'txt'}'>{_e(fmt(value))}</td>"
+
+
 def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -155,13 +161,21 @@ def save_crops(
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}
-th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
+td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
+th{background:#f2f2f2} td.num{text-align:right}
 .warn{background:#fff3cd;border:1px solid #e0c36b;padding:0.6em 1em}
 figure{display:inline-block;margin:4px;text-align:center;font-size:12px}
 figure img{width:160px;height:160px;image-rendering:pixelated;border:1px solid #999}
 .plots svg{max-width:560px;height:auto;margin-right:1em}
 """
+
+
+def _options(p: dict[str, Any]) -> str:
+    """The restore options; those left to the version's official default say so."""
+    official = "the version's default"
+    steps = p["steps"] if p["steps"] is not None else official
+    sampler = p["sampler"] if p["sampler"] is not None else official
+    return f"fidelity {p['fidelity']}, steps {steps}, sampler {sampler}, seed {p['seed']}"
 
 
 def render(results: dict[str, Any], crops: dict[str, list[tuple[str, str]]]) -> str:
@@ -186,10 +200,7 @@ def render(results: dict[str, Any], crops: dict[str, list[tuple[str, str]]]) -> 
                 ["LQ folder", meta["lq_dir"]],
                 ["HQ folder", meta["hq_dir"] or "none (no-reference metrics only)"],
                 ["model", f"{p['preset']} {p['version']} task {p['task']}"],
-                [
-                    "options",
-                    f"fidelity {p['fidelity']}, steps {p['steps']}, sampler {p['sampler']}, seed {p['seed']}",
-                ],
+                ["options", _options(p)],
                 ["device", f"{meta['device']} ({meta['device_name']}), torch {meta['torch']}"],
                 ["created", meta["created"]],
             ],
