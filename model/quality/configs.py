@@ -6,7 +6,7 @@ the baseline (fp32, eager, untiled, the version's official sampler and steps):
 - `fp32` / `fp16` / `bf16`: the weights' and activations' precision;
 - `graphs`: CUDA graphs for the sampler's per-step nets (and stage 1 / VAE at repeated sizes);
 - `compile`: torch.compile of the UNet and ControlNet;
-- `fast`: 10-step DPM-Solver++ (the fast mode of benchmarks/gpu.py);
+- `fast`: 10-step DPM-Solver++ (the fast mode of benchmarks/gpu.py), at the run's fidelity;
 - `tiled`: every stage that can tile does (forced with a 1-byte memory budget).
 """
 
