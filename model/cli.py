@@ -1,4 +1,4 @@
-"""Command line: `python -m model restore|download|convert`.
+"""Command line: `python -m model restore|download|convert|degrade|eval`.
 
 Errors the user can fix (missing weights, bad input, bad option) print ONE line on stderr and exit with
 code 2; other model errors exit with 1. Image I/O uses Pillow; EXIF orientation is applied on read.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from model.loaders import PRESETS
 from model.options import COLOR_FIXES, PRECISIONS, SAMPLERS, TASKS, VERSIONS
+from model.quality import cli as quality_cli
 
 EXIT_USER_ERROR = 2
 EXIT_MODEL_ERROR = 1
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_model_args(d)
     c = sub.add_parser("convert", help="write the converted safetensors cache (faster start-up)")
     _common_model_args(c)
+    quality_cli.add_degrade_parser(sub)
+    quality_cli.add_eval_parser(sub)
     return parser
 
 
@@ -168,7 +171,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"restore": _cmd_restore, "download": _cmd_download, "convert": _cmd_convert}
+COMMANDS = {
+    "restore": _cmd_restore,
+    "download": _cmd_download,
+    "convert": _cmd_convert,
+    "degrade": quality_cli.cmd_degrade,
+    "eval": quality_cli.cmd_eval,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,8 @@ if [ ! -f "$stamp" ]; then
     # torch first, alone: with the exact pins pip takes the local wheels instead of downloading a CUDA build.
     .venv/bin/python -m pip install -q -c constraints.txt torch torchvision
     .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+    # pyiqa (learned quality metrics) without its declared dependencies: see the `eval` extra in pyproject.toml.
+    .venv/bin/python -m pip install -q --no-deps -c constraints.txt pyiqa
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
