@@ -159,6 +159,25 @@ def test_overlay_holds_the_whole_service(rendered, variant):
     assert one(docs, "Namespace", namespaces.pop())
 
 
+@pytest.mark.parametrize("variant", variants())
+def test_settings_in_the_manifests_are_real_and_valid(rendered, variant, monkeypatch):
+    """Every DIFFBIR_ variable the manifests set is a setting the code reads, and the values validate."""
+    from worker.config import WorkerSettings
+
+    known = {f"DIFFBIR_{name.upper()}" for name in WorkerSettings.model_fields} | {"DIFFBIR_LOG_LEVEL"}
+    docs = rendered[variant]
+    for workload in of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        c = container(workload)
+        named = {e["name"] for e in c.get("env", [])} | set(env_of(docs, workload))
+        assert {n for n in named if n.startswith("DIFFBIR_")} <= known, workload["metadata"]["name"]
+        with monkeypatch.context() as m:
+            for name in [n for n in os.environ if n.startswith("DIFFBIR_")]:
+                m.delenv(name)
+            for name, value in env_of(docs, workload).items():
+                m.setenv(name, value)
+            WorkerSettings()  # raises on a bad value or an inconsistent pair (time limits, timeouts)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Schema validation
 
