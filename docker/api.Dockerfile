@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 # API image: FastAPI + the torch-free shared core only (`.[api]`). It never installs torch, so it stays small
 # and starts in seconds; the GPU stack lives in worker.Dockerfile.
-# Exact tags (not floating `3.11-slim`) so a rebuild gets the same interpreter; written literally in each
-# FROM so hadolint can check them.
-FROM python:3.11.13-slim-bookworm AS builder
+# Exact tag (not a floating `3.11-slim`) so a rebuild gets the same interpreter (tests/deploy checks the
+# default is pinned). PYTHON_IMAGE exists for builds that cannot pull: any Debian-like image with Python 3.11,
+# `python` on PATH and the venv module will do (scripts/image_smoke.sh builds one with debootstrap).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -21,7 +24,7 @@ COPY service ./service
 RUN pip install --no-cache-dir --no-deps . \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
-FROM python:3.11.13-slim-bookworm AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="diffbir-api" \
       org.opencontainers.image.description="DiffBIR restoration service: HTTP API (no torch)"
 ENV PATH=/opt/venv/bin:$PATH \

@@ -8,22 +8,30 @@
 #
 # Build args pin every moving part:
 #   docker build -f docker/worker.Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
+# CUDA_IMAGE, UV_IMAGE and UV_PYTHON_PREFERENCE exist for builds that cannot pull those images or uv's Python
+# downloads: scripts/image_smoke.sh passes a local Debian base with its own python3.11 (only-system) and a
+# local image holding the uv binary from PyPI. The defaults are what a real build uses.
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9.5
 
-FROM ghcr.io/astral-sh/uv:0.9.5 AS uv
+FROM ${UV_IMAGE} AS uv
 
-FROM nvidia/cuda:12.8.1-base-ubuntu24.04 AS builder
+FROM ${CUDA_IMAGE} AS builder
 ARG PYTHON_VERSION=3.11
+ARG UV_PYTHON_PREFERENCE=only-managed
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_PYTHON_INSTALL_DIR=/opt/python \
-    UV_PYTHON_PREFERENCE=only-managed \
+    UV_PYTHON_PREFERENCE=${UV_PYTHON_PREFERENCE} \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1
 WORKDIR /src
-RUN uv python install "${PYTHON_VERSION}" \
+# only-managed (default): uv downloads its standalone CPython into /opt/python. only-system: the base image's
+# own interpreter, and /opt/python stays empty (the runtime stage copies it either way).
+RUN mkdir -p /opt/python \
     && uv venv --python "${PYTHON_VERSION}" /opt/venv
 # Torch alone first, from the CUDA index, so the later install sees it satisfied and never pulls the
 # default (different CUDA) build from PyPI.
@@ -43,7 +51,7 @@ COPY worker ./worker
 RUN uv pip install --python /opt/venv/bin/python --no-deps . \
     && /opt/venv/bin/python -c "import torch; assert torch.version.cuda, 'expected a CUDA build of torch'"
 
-FROM nvidia/cuda:12.8.1-base-ubuntu24.04 AS runtime
+FROM ${CUDA_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="diffbir-worker" \
       org.opencontainers.image.description="DiffBIR restoration service: GPU worker"
 ENV PATH=/opt/venv/bin:$PATH \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Validate docker-compose.yml and lint the Dockerfiles; no Docker engine is needed for either.
+# Validate docker-compose.yml, lint the Dockerfiles and render every Kubernetes overlay; no Docker engine or
+# cluster is needed. Schema validation of the rendered manifests is in tests/deploy/test_k8s.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v docker-compose >/dev/null 2>&1; then
@@ -8,5 +9,10 @@ fi
 docker-compose -f docker-compose.yml config -q
 for f in docker/*.Dockerfile; do
     .venv/bin/hadolint --failure-threshold warning "$f"
+done
+# kubectl from PATH, or the one scripts/setup.sh put into .venv.
+kubectl=$(command -v kubectl || echo .venv/bin/kubectl)
+for overlay in deploy/k8s/overlays/*/; do
+    "$kubectl" kustomize "$overlay" >/dev/null
 done
 echo "deploy files OK"

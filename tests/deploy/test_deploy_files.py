@@ -72,12 +72,14 @@ def test_dockerfile_passes_hadolint(dockerfile: Path):
         (
             "untagged base image",
             "DL3006",
-            lambda s: re.sub(r"^FROM python:\S+", "FROM python", s, count=1, flags=re.M),
+            lambda s: re.sub(r"^FROM \S+ AS runtime", "FROM python AS runtime", s, count=1, flags=re.M),
         ),
         (
             "latest tag",
             "DL3007",
-            lambda s: re.sub(r"^FROM python:\S+", "FROM python:latest", s, count=1, flags=re.M),
+            lambda s: re.sub(
+                r"^FROM \S+ AS runtime", "FROM python:latest AS runtime", s, count=1, flags=re.M
+            ),
         ),
         (
             "unpinned apt-get install",
@@ -103,6 +105,48 @@ def test_broken_dockerfile_copy_fails_hadolint(tmp_path, what, rule, mutate):
     result = hadolint(broken)
     assert result.returncode != 0, f"hadolint accepted a Dockerfile with {what}"
     assert rule in result.stdout
+
+
+# name:MAJOR.MINOR.PATCH[-variant][@sha256:digest]
+PINNED_IMAGE = r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?"
+
+
+def base_image_problems(text: str) -> list[str]:
+    """Why the base images of a Dockerfile are not pinned. hadolint checks literal FROM lines only; the
+    images here come from build args (so an offline build can pass a local base), whose defaults it never
+    reads: each FROM must name a literal pinned image, an earlier stage, or an ARG whose default is one."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+    stages: set[str] = set()
+    problems = []
+    for image, stage in re.findall(r"^FROM (\S+)(?: AS (\S+))?$", text, flags=re.M):
+        var = re.fullmatch(r"\$\{(\w+)\}", image)
+        ref = args.get(var.group(1), "") if var else image
+        if ref not in stages and not re.fullmatch(PINNED_IMAGE, ref):
+            problems.append(f"FROM {image}: {ref or 'no ARG default'} is not an exact version tag")
+        stages.add(stage)
+    return problems
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_default_to_pinned_tags(dockerfile: Path):
+    text = dockerfile.read_text()
+    assert re.search(r"^FROM \$\{\w+\}", text, flags=re.M), "bases are build args (scripts/image_smoke.sh)"
+    assert base_image_problems(text) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm", "ARG PYTHON_IMAGE=python:3.11-slim"),
+        ("ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm", "ARG PYTHON_IMAGE=python:latest"),
+        ("ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm", "ARG PYTHON_IMAGE"),
+    ],
+    ids=["minor-only", "latest", "no-default"],
+)
+def test_unpinned_base_image_default_is_caught(old: str, new: str):
+    text = (ROOT / "docker" / "api.Dockerfile").read_text()
+    assert old in text, "mutation no longer applies"
+    assert base_image_problems(text.replace(old, new))
 
 
 def _install_commands(dockerfile: Path) -> list[str]:
@@ -187,7 +231,8 @@ def test_api_extra_does_not_pull_in_torch():
 
 def test_worker_image_is_gpu_non_root_with_weights_volume():
     text = (ROOT / "docker" / "worker.Dockerfile").read_text()
-    assert re.search(r"^FROM nvidia/cuda:\d+\.\d+\.\d+-\S+ AS runtime", text, flags=re.M)
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\d+\.\d+\.\d+-\S+$", text, flags=re.M)
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\} AS runtime$", text, flags=re.M)
     assert re.search(r"^ARG TORCH_VERSION=\d", text, flags=re.M)
     assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu1\d+", text, flags=re.M)
     assert _generated_extras(ROOT / "docker" / "worker.Dockerfile") == ["worker"]
