@@ -582,3 +582,12 @@ class AsyncJobStore:
     async def latest_heartbeat(self) -> float | None:
         entries = await self.redis.zrevrange(WORKERS_KEY, 0, 0, withscores=True)
         return float(entries[0][1]) if entries else None
+
+    async def count_workers(self, max_age_s: float, now: float | None = None) -> tuple[int, int]:
+        """(fresh, stale) registered workers: heartbeat within ``max_age_s`` or older (one round trip)."""
+        cutoff = (time.time() if now is None else now) - max_age_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(WORKERS_KEY, cutoff, "+inf")
+            pipe.zcount(WORKERS_KEY, "-inf", f"({cutoff}")
+            fresh, stale = await pipe.execute()
+        return int(fresh), int(stale)
