@@ -1,8 +1,9 @@
 """The registry of live workers: each GPU worker's last heartbeat in the zset ``diffbir:workers``.
 
 Workers beat (``WorkerRegistry``) and ask whether another worker is still alive before taking over its
-jobs; the API's /readyz reads the freshest beat (``AsyncWorkerRegistry``). A worker deregisters on shutdown;
-one that vanished is pruned by the next beat of any worker after ``max_age_s``.
+jobs; the API's /readyz reads the freshest beat and its /metrics counts fresh and stale workers
+(``AsyncWorkerRegistry``). A worker deregisters on shutdown; one that vanished is pruned by the next beat of
+any worker after ``max_age_s``.
 """
 
 from __future__ import annotations
@@ -49,3 +50,12 @@ class AsyncWorkerRegistry:
     async def latest_beat(self) -> float | None:
         entries = await self.redis.zrevrange(WORKERS_KEY, 0, 0, withscores=True)
         return float(entries[0][1]) if entries else None
+
+    async def count(self, max_age_s: float, now: float | None = None) -> tuple[int, int]:
+        """(fresh, stale) registered workers: heartbeat within ``max_age_s`` or older (one round trip)."""
+        cutoff = (time.time() if now is None else now) - max_age_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(WORKERS_KEY, cutoff, "+inf")
+            pipe.zcount(WORKERS_KEY, "-inf", f"({cutoff}")
+            fresh, stale = await pipe.execute()
+        return int(fresh), int(stale)

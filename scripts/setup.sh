@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# System tools the tests need: redis-server (test fixtures, demo) and docker-compose (validates the compose
-# file; no Docker engine needed). Installed with apt when missing; a second run checks and moves on.
+# System tools the tests need: redis-server (test fixtures, demo), docker-compose (validates the compose
+# file; no Docker engine needed) and promtool (checks and unit-tests the alert rules; Debian ships it in the
+# prometheus package, whose server the tests do not use: on a host with systemd, `systemctl disable --now
+# prometheus` if apt started it). Installed with apt when missing; a second run checks and moves on.
 # kubectl renders the Kubernetes manifests (`kubectl kustomize`, tests/deploy/test_k8s.py): from apt where the
 # sources carry a current `kubectl` package (the Kubernetes or Google Cloud repository); Debian's own
 # kubernetes-client is 1.20, whose kustomize v2 cannot render components, so without such a source the
@@ -12,6 +14,7 @@ PY=${PYTHON:-python3}
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 want_kubectl=false
 command -v kubectl >/dev/null 2>&1 || want_kubectl=true
 if [ ${#missing[@]} -gt 0 ] || $want_kubectl; then
@@ -24,7 +27,9 @@ if [ ${#missing[@]} -gt 0 ] || $want_kubectl; then
         fi
         if [ ${#missing[@]} -gt 0 ]; then
             echo "setup: installing ${missing[*]} with apt-get" >&2
-            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+            # No recommends: they are daemons and a Docker engine (node exporter, docker.io) the tests never use.
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${missing[@]}" >/dev/null
         fi
     else
         echo "setup: please install ${missing[*]} (needed by the tests)" >&2

@@ -1,8 +1,8 @@
 """Prometheus metrics of the API, on a registry per app (so several apps can live in one test process).
 
 HTTP metrics are labelled by the route *template* (``/v1/jobs/{job_id}``), never the raw path, to keep label
-cardinality bounded. The queue-depth gauge is refreshed when /metrics is scraped rather than by a background
-loop, so it costs nothing between scrapes.
+cardinality bounded. The queue-depth and worker gauges are refreshed when /metrics is scraped rather than by a
+background loop, so they cost nothing between scrapes.
 """
 
 from __future__ import annotations
@@ -46,6 +46,19 @@ class ApiMetrics:
         )
         self.queue_depth = Gauge(
             "diffbir_queue_depth", "Jobs waiting in the broker queue", registry=self.registry
+        )
+        # From the heartbeat registry, so alerts see what /readyz sees (a worker's own /metrics answers
+        # while it is still loading its model, before it takes jobs).
+        self.workers_ready = Gauge(
+            "diffbir_workers_ready",
+            "Workers whose last heartbeat is younger than worker_heartbeat_max_age_s",
+            registry=self.registry,
+        )
+        self.workers_stale = Gauge(
+            "diffbir_workers_stale",
+            "Workers still registered whose heartbeat stopped (died without deregistering; "
+            "forgotten an hour after their last beat)",
+            registry=self.registry,
         )
 
 

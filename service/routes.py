@@ -177,10 +177,12 @@ async def readyz(request: Request) -> Response:
 @ops.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
 async def metrics(request: Request) -> Response:
     services = services_of(request)
+    gauges = services.metrics
     try:
-        services.metrics.queue_depth.set(
-            await queue_depth_async(services.aredis, services.settings.queue_name)
-        )
-    except RedisError as exc:  # Redis down: still serve the HTTP metrics; the gauge keeps its last value
-        log.warning("queue depth unavailable for /metrics: %s", exc)
+        gauges.queue_depth.set(await queue_depth_async(services.aredis, services.settings.queue_name))
+        fresh, stale = await services.workers.count(services.settings.worker_heartbeat_max_age_s)
+        gauges.workers_ready.set(fresh)
+        gauges.workers_stale.set(stale)
+    except RedisError as exc:  # Redis down: still serve the HTTP metrics; the gauges keep their last values
+        log.warning("queue depth / worker count unavailable for /metrics: %s", exc)
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

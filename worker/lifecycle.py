@@ -257,6 +257,8 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
     if result.peak_memory_bytes is not None:
         ctx.metrics.gpu_peak_memory.observe(result.peak_memory_bytes)
     ctx.metrics.jobs.labels(status="succeeded", reason="").inc()
+    if finished.finished_at is not None:
+        ctx.metrics.turnaround.observe(max(0.0, (finished.finished_at - finished.created_at).total_seconds()))
     _drop_input(ctx, job.id)
     notify(ctx, finished)
     return finished.status.value

@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from common.jobs import ErrorCode
+
 log = logging.getLogger(__name__)
 
 # Fast (ms) to slow (tens of minutes): enqueue->start latency and whole-job durations share this shape.
@@ -39,6 +41,9 @@ _WAIT_BUCKETS = (
     3600,
 )
 _JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# Accepted -> succeeded: the job SLO counts jobs under its deadline from the bucket at that deadline (600 s in
+# deploy/prometheus/rules/slo.yml), so a deadline moved in the rules must be one of these bounds.
+_TURNAROUND_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600)
 _STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
 _GIB = 1024**3
@@ -57,6 +62,11 @@ class WorkerMetrics:
         self.jobs = Counter(
             "diffbir_worker_jobs_total", "Jobs finished by this worker.", ["status", "reason"], registry=r
         )
+        # Every outcome is exported at 0 from the start: a series born at its first job would lose that job
+        # in rate(), and the SLO's and the alerts' failure ratios with it.
+        self.jobs.labels(status="succeeded", reason="")
+        for code in ErrorCode:
+            self.jobs.labels(status="canceled" if code is ErrorCode.canceled else "failed", reason=code.value)
         self.queue_wait = Histogram(
             "diffbir_worker_queue_wait_seconds",
             "Enqueue (job created) to start on a worker.",
@@ -67,6 +77,12 @@ class WorkerMetrics:
             "diffbir_worker_job_duration_seconds",
             "Start to finish of one job on the worker.",
             buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self.turnaround = Histogram(
+            "diffbir_worker_job_turnaround_seconds",
+            "Accepted by the API to succeeded (queue wait, every attempt, result stored); successes only.",
+            buckets=_TURNAROUND_BUCKETS,
             registry=r,
         )
         self.stage_duration = Histogram(

@@ -352,7 +352,9 @@ def test_worker_grace_period_covers_the_longest_job(rendered, variant):
     docs = rendered[variant]
     worker = one(docs, "Deployment", "diffbir-worker")
     env = env_of(docs, worker)
-    defaults = Settings.model_fields
+    from worker.config import WorkerSettings
+
+    defaults = WorkerSettings.model_fields
     soft = int(env.get("DIFFBIR_TASK_SOFT_TIME_LIMIT_S", defaults["task_soft_time_limit_s"].default))
     hard = int(env.get("DIFFBIR_TASK_HARD_TIME_LIMIT_S", defaults["task_hard_time_limit_s"].default))
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
