@@ -14,9 +14,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from common.formats import CONTENT_TYPES, ImageFormat
 
 # The API's vocabulary, all of it here. It mirrors the model's restore options (tasks, samplers, colour
-# fixes, default negative prompt) without importing them: the API never imports torch.
+# fixes, default negative prompt, bounds) without importing them, since the API never imports torch;
+# tests/contracts/test_params_match_options.py fails when the two sides disagree.
 Task = Literal["sr", "face", "denoise"]
-Sampler = Literal["spaced", "ddim", "dpmpp"]
+Sampler = Literal[
+    "spaced",
+    "ddim",
+    "dpm++_m2",
+    "edm_euler",
+    "edm_euler_a",
+    "edm_heun",
+    "edm_dpm_2",
+    "edm_dpm_2_a",
+    "edm_lms",
+    "edm_dpm++_2s_a",
+    "edm_dpm++_sde",
+    "edm_dpm++_2m",
+    "edm_dpm++_2m_sde",
+    "edm_dpm++_3m_sde",
+    "dpmpp",
+]
 ColorFix = Literal["wavelet", "adain", "none"]
 OutputFormat = ImageFormat
 TASKS: tuple[str, ...] = get_args(Task)

@@ -47,13 +47,17 @@ class GuidanceSettings:
     repeat: int = 1
 
 
+FIDELITY_RANGE = (0.0, 1.0)  # 0 = no guidance .. 1 = the strongest pull that never overshoots (see above)
+
+
 def check_fidelity(fidelity: float) -> float:
     """Validate the user value (a NaN or out-of-range value is a client error, not a crash later)."""
     try:
         value = float(fidelity)
     except (TypeError, ValueError):
         raise InvalidInputError(f"fidelity must be a number in [0, 1], got {fidelity!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+    low, high = FIDELITY_RANGE
+    if not math.isfinite(value) or not low <= value <= high:
         raise InvalidInputError(f"fidelity must be in [0, 1], got {fidelity!r}")
     return value
 

@@ -20,7 +20,7 @@ import torch
 
 from model.colorfix import COLOR_FIXES
 from model.errors import InvalidInputError
-from model.fidelity import check_fidelity
+from model.fidelity import FIDELITY_RANGE, check_fidelity
 from model.inputs import MAX_UPSCALE
 from model.sampling.registry import SAMPLERS as SAMPLER_SPECS
 from model.weights import TASKS, VERSIONS
@@ -39,7 +39,18 @@ MAX_SEED = 2**32 - 1
 # The negative prompt of the official v1/v2 README commands; `RestoreOptions`'s default.
 OFFICIAL_DEFAULT_NEGATIVE_PROMPT = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
 
+#: Inclusive bounds of the numeric options: the one table validation reads, and the API's request schema is
+#: contract-tested against (tests/contracts/test_params_match_options.py).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "upscale": (1.0, MAX_UPSCALE),
+    "fidelity": FIDELITY_RANGE,
+    "steps": (1, MAX_STEPS),
+    "seed": (0, MAX_SEED),
+    "cfg_scale": (0.0, MAX_CFG_SCALE),
+}
+
 __all__ = [
+    "BOUNDS",
     "COLOR_FIXES",
     "MAX_CFG_SCALE",
     "MAX_SEED",
@@ -87,12 +98,15 @@ class RestoreOptions:
             raise InvalidInputError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.color_fix not in COLOR_FIXES:
             raise InvalidInputError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise InvalidInputError(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
-            raise InvalidInputError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
-        if not math.isfinite(self.cfg_scale) or not 0.0 <= self.cfg_scale <= MAX_CFG_SCALE:
-            raise InvalidInputError(f"cfg_scale must be in [0, {MAX_CFG_SCALE:g}], got {self.cfg_scale!r}")
+        low, high = BOUNDS["steps"]
+        if not isinstance(self.steps, int) or not low <= self.steps <= high:
+            raise InvalidInputError(f"steps must be an integer in [{low}, {high}], got {self.steps!r}")
+        low, high = BOUNDS["seed"]
+        if self.seed is not None and (not isinstance(self.seed, int) or not low <= self.seed <= high):
+            raise InvalidInputError(f"seed must be an integer in [{low}, {high}], got {self.seed!r}")
+        low, high = BOUNDS["cfg_scale"]
+        if not math.isfinite(self.cfg_scale) or not low <= self.cfg_scale <= high:
+            raise InvalidInputError(f"cfg_scale must be in [{low:g}, {high:g}], got {self.cfg_scale!r}")
         check_fidelity(self.fidelity)
         return self
 

@@ -80,7 +80,8 @@ def cmd_degrade(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from model.quality.configs import parse_configs
-    from model.quality.evaluate import EvalPlan, drift_table, run_eval
+    from model.quality.evaluate import EvalPlan, run_eval
+    from model.quality.report import drift_table
     from model.quality.runner import PipelineSpec
 
     try:

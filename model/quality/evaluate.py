@@ -280,25 +280,3 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def drift_table(results: dict[str, Any]) -> str:
-    """The drift table as Markdown (the CLI prints it; docs and reviews paste it)."""
-    lines = [
-        "| configuration | status | s/image | speed-up | drift PSNR dB (mean / min) | max level diff"
-        " | mean level diff |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for c in results["configs"]:
-        if c["status"] != "ok":
-            lines.append(f"| {c['name']} | {c['status']}: {c['reason']} | | | | | |")
-            continue
-        s = c["summary"]
-        if "drift_psnr" in s:
-            d = f"{report.fmt(s['drift_psnr'])} / {report.fmt(s['drift_psnr_min'])}"
-            levels = f"{s['drift_max_level']} | {s['drift_mean_level']:.3f}"
-        else:
-            d, levels = "baseline", "0 | 0"
-        speed = f"{report.fmt(s['s_per_image'])} | {report.fmt(s['speedup'])}x"
-        lines.append(f"| {c['name']} | ok | {speed} | {d} | {levels} |")
-    return "\n".join(lines)

@@ -179,8 +179,6 @@ def _options(p: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any], crops: dict[str, list[tuple[str, str]]]) -> str:
-    from model.quality.evaluate import drift_table
-
     meta, configs = results["meta"], results["configs"]
     names = results["metrics"]
     parts = [
@@ -307,3 +305,25 @@ def write_report(
     path = out_dir / "report.html"
     path.write_text(render(results, crops))
     return path
+
+
+def drift_table(results: dict[str, Any]) -> str:
+    """The drift table as Markdown (the CLI prints it; docs and reviews paste it)."""
+    lines = [
+        "| configuration | status | s/image | speed-up | drift PSNR dB (mean / min) | max level diff"
+        " | mean level diff |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in results["configs"]:
+        if c["status"] != "ok":
+            lines.append(f"| {c['name']} | {c['status']}: {c['reason']} | | | | | |")
+            continue
+        s = c["summary"]
+        if "drift_psnr" in s:
+            d = f"{fmt(s['drift_psnr'])} / {fmt(s['drift_psnr_min'])}"
+            levels = f"{s['drift_max_level']} | {s['drift_mean_level']:.3f}"
+        else:
+            d, levels = "baseline", "0 | 0"
+        speed = f"{fmt(s['s_per_image'])} | {fmt(s['speedup'])}x"
+        lines.append(f"| {c['name']} | ok | {speed} | {d} | {levels} |")
+    return "\n".join(lines)

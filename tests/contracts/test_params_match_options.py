@@ -1,0 +1,96 @@
+"""The API's request schema (common/params.py) and the model's options (model/options.py) agree.
+
+The API cannot import the model (it never loads torch), so it keeps its own copy of the vocabulary; this test
+is what keeps the copy honest: a task, sampler or colour fix, a default or a bound changed on one side only
+fails here, in CI, instead of as a job failing on a GPU worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, get_args
+
+import annotated_types
+import pytest
+
+from common import params
+from common.params import RestoreParams
+from model import options
+from model.options import BOUNDS, RestoreOptions
+
+# Where the service is deliberately stricter than the model: one request must not hold a GPU for long
+# (steps, cfg, output size). Each entry must lie inside the model's bound; a change on either side that breaks
+# that, or an API bound that drifts from this table, fails.
+SERVICE_POLICY: dict[str, tuple[float, float]] = {
+    "steps": (1, 100),
+    "cfg_scale": (1.0, 20.0),
+    "upscale": (1.0, 8.0),
+}
+# Request fields that are service concerns and never reach the model.
+SERVICE_ONLY = {"output_format", "callback_url"}
+
+
+def api_bounds(name: str) -> tuple[Any, Any]:
+    low = high = None
+    for meta in RestoreParams.model_fields[name].metadata:
+        if isinstance(meta, annotated_types.Ge):
+            low = meta.ge
+        elif isinstance(meta, annotated_types.Le):
+            high = meta.le
+    return low, high
+
+
+def model_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(RestoreOptions)}
+
+
+def test_every_option_is_a_request_field_and_back() -> None:
+    api = set(RestoreParams.model_fields) - SERVICE_ONLY
+    assert api == set(model_defaults())
+    # ...and what the worker hands the model is exactly those.
+    assert set(RestoreParams().model_options()) == api
+
+
+@pytest.mark.parametrize(
+    ("api_vocab", "model_vocab"),
+    [
+        (params.TASKS, options.TASKS),
+        (params.SAMPLERS, options.SAMPLERS),
+        (params.COLOR_FIXES, options.COLOR_FIXES),
+    ],
+    ids=["tasks", "samplers", "color_fixes"],
+)
+def test_vocabularies_agree(api_vocab: tuple[str, ...], model_vocab: tuple[str, ...]) -> None:
+    assert sorted(api_vocab) == sorted(model_vocab)
+
+
+def test_literal_fields_use_the_named_vocabularies() -> None:
+    fields = RestoreParams.model_fields
+    assert get_args(fields["task"].annotation) == params.TASKS
+    assert get_args(fields["sampler"].annotation) == params.SAMPLERS
+    assert get_args(fields["color_fix"].annotation) == params.COLOR_FIXES
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_bounds_agree(name: str) -> None:
+    model_low, model_high = BOUNDS[name]
+    expected = SERVICE_POLICY.get(name, (model_low, model_high))
+    assert model_low <= expected[0] <= expected[1] <= model_high, f"{name}: policy outside the model's bound"
+    assert api_bounds(name) == pytest.approx(expected), f"{name}: API bound drifted from the model/policy"
+
+
+def test_policy_names_are_bounded_options() -> None:
+    assert set(SERVICE_POLICY) <= set(BOUNDS)
+
+
+def test_seed_range_is_one_constant() -> None:
+    assert params.MAX_SEED == options.MAX_SEED == BOUNDS["seed"][1]
+
+
+@pytest.mark.parametrize("name", sorted(set(RestoreParams.model_fields) - SERVICE_ONLY))
+def test_defaults_agree(name: str) -> None:
+    assert RestoreParams.model_fields[name].default == model_defaults()[name]
+
+
+def test_default_negative_prompt_is_the_models() -> None:
+    assert params.DEFAULT_NEGATIVE_PROMPT == options.OFFICIAL_DEFAULT_NEGATIVE_PROMPT
