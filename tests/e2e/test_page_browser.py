@@ -1,0 +1,283 @@
+"""The page at ``/`` in a real browser (Debian's Chromium driven by Playwright) against the real e2e stack:
+API process + tiny-preset worker + Redis, auth on.
+
+Every request the browser makes goes through a route handler: anything not addressed to the API's loopback
+origin is aborted and recorded, and each test asserts there was none (the page, /docs and /redoc must work
+on an air-gapped host). Screenshots and the page-weight figure go to ``$DIFFBIR_TEST_ARTIFACTS`` (default
+``tmp/artifacts``), whose path is printed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import playwright.sync_api as playwright_api
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import API_KEYS, ROOT, Stack
+
+CHROMIUM = os.environ.get("DIFFBIR_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("DIFFBIR_TEST_ARTIFACTS", ROOT / "tmp" / "artifacts"))
+KEY = API_KEYS[0]
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("stack", ["redis"], indirect=True)]
+
+
+def sample_png(width: int = 48, height: int = 32) -> bytes:
+    """A small picture with structure (gradient + shapes), so before and after are told apart by eye."""
+    img = Image.new("RGB", (width, height))
+    img.putdata(
+        [
+            (
+                (x * 255) // width,
+                (y * 255) // height,
+                255 if (x // 8 + y // 8) % 2 else 60,
+            )
+            for y in range(height)
+            for x in range(width)
+        ]
+    )
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Browser:
+    """One Chromium for the module; a fresh context (own sessionStorage) per page, with request policing."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.driver = playwright_api.sync_playwright().start()
+        self.chromium = self.driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        self.outside: list[str] = []
+        self.csp_errors: list[str] = []
+
+    def page(self, width: int = 1280, height: int = 900) -> Any:
+        context = self.chromium.new_context(
+            base_url=self.base_url, viewport={"width": width, "height": height}, accept_downloads=True
+        )
+
+        def police(route: Any) -> None:
+            url = route.request.url
+            if url.startswith(self.base_url + "/") or url.startswith(("data:", "blob:")):
+                route.continue_()
+            else:
+                self.outside.append(url)
+                route.abort()
+
+        context.route("**/*", police)
+        page = context.new_page()
+        page.on(
+            "console",
+            lambda m: self.csp_errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        return page
+
+    def close(self) -> None:
+        self.chromium.close()
+        self.driver.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh (it installs Debian's chromium)")
+    b = Browser(f"http://127.0.0.1:{stack.api_port}")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def clean(browser: Browser) -> Iterator[Browser]:
+    browser.outside.clear()
+    browser.csp_errors.clear()
+    yield browser
+    assert browser.outside == [], f"requests left loopback: {browser.outside}"
+    assert browser.csp_errors == [], browser.csp_errors
+
+
+def artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    print(f"\nartifact: {path}")
+    return path
+
+
+def open_page(browser: Browser, **size: int) -> Any:
+    page = browser.page(**size)
+    page.goto("/")
+    page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+def choose_file(page: Any, name: str, data: bytes, mime: str = "image/png") -> None:
+    page.set_input_files("#image", files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def watch_progress(page: Any, until: str, timeout_s: float = 120.0) -> list[tuple[float, str]]:
+    """Sample the progress bar and status line until ``until`` (a selector) is visible."""
+    samples: list[tuple[float, str]] = []
+    deadline = time.monotonic() + timeout_s
+    while not page.is_visible(until):
+        assert time.monotonic() < deadline, f"{until} not visible after {timeout_s}s; saw {samples[-5:]}"
+        value, text = page.evaluate(
+            "[document.querySelector('#progress').value, document.querySelector('#status-text').textContent]"
+        )
+        if not samples or samples[-1] != (value, text):
+            samples.append((value, text))
+        page.wait_for_timeout(15)
+    return samples
+
+
+def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
+    stack: Stack, clean: Browser
+) -> None:
+    page = open_page(clean)
+    assert page.get_attribute("#restore-form", "data-options-source") in ("models", "openapi")
+    assert page.locator("#sampler option").count() >= 2  # the vocabulary came from the server
+    page.fill("#api_key", KEY)
+    page.dispatch_event("#api_key", "change")
+    choose_file(page, "photo.png", sample_png())
+    expect = playwright_api.expect
+    expect(page.locator("#image-status")).to_contain_text("48×32")
+    page.click("summary")  # advanced options, folded by default
+    page.fill("#steps", "24")
+    page.fill("#seed", "7")
+    page.fill("#upscale", "2")
+    page.click("#submit")
+
+    samples = watch_progress(page, "#compare")
+    moving = sorted({value for value, _ in samples if 0 < value < 1})
+    steps = {text for _, text in samples if "step" in text}
+    assert len(moving) >= 2 and len(steps) >= 2, f"progress did not visibly move: {samples}"
+
+    expect(page.locator("#status-text")).to_have_text("Done.")
+    job_id = page.get_attribute("#status-box", "data-job")
+    doc = stack.job(job_id)
+    assert doc["status"] == "succeeded" and doc["params"]["steps"] == 24 and doc["params"]["seed"] == 7
+    after = page.locator("#after")
+    assert after.evaluate("img => img.complete && img.naturalWidth") == 96
+    assert page.locator("#before").evaluate("img => img.naturalWidth") == 48  # the input, drawn at 96 wide
+
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    api_bytes = stack.http.get(f"/v1/jobs/{job_id}/result", headers=stack.headers()).content
+    assert Path(download.path()).read_bytes() == api_bytes
+    assert download.suggested_filename == f"{job_id}.png"
+
+    # Compare controls: keyboard moves the split, zoom enlarges the stage.
+    page.focus("#viewport")
+    page.keyboard.press("Shift+ArrowLeft")
+    assert page.input_value("#split") == "40"
+    page.fill("#zoom", "4")
+    page.dispatch_event("#zoom", "input")
+    width = page.locator("#stage").evaluate("el => el.getBoundingClientRect().width")
+    viewport = page.locator("#viewport").evaluate("el => el.clientWidth")
+    assert width > 3 * viewport
+    page.fill("#zoom", "1")
+    page.dispatch_event("#zoom", "input")
+
+    # The recent list shows this job with a thumbnail; opening it shows the result again.
+    item = page.locator("#recent li button", has_text="succeeded").first
+    expect(item).to_be_visible()
+    assert item.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96
+    page.screenshot(path=artifact("page-tiny-preset.png"), full_page=True)
+
+
+def test_a_bad_file_shows_the_servers_message_next_to_the_image(stack: Stack, clean: Browser) -> None:
+    bad = b"this is not an image at all" * 10
+    expected = stack.submit(bad).json()
+    assert expected["status"] in (415, 422), expected
+    page = open_page(clean)
+    page.fill("#api_key", KEY)
+    choose_file(page, "broken.png", bad)
+    page.click("#submit")
+    error = page.locator("#image-error")
+    playwright_api.expect(error).to_contain_text(expected["detail"])
+    assert str(expected["status"]) in error.inner_text()
+    assert page.get_attribute("#image", "aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "image"  # focus moved to the field at fault
+
+
+def test_an_out_of_range_field_is_reported_next_to_that_field(clean: Browser) -> None:
+    page = open_page(clean)
+    page.fill("#api_key", KEY)
+    choose_file(page, "photo.png", sample_png())
+    page.click("summary")
+    page.fill("#steps", "100000")
+    page.click("#submit")
+    playwright_api.expect(page.locator("#steps-error")).to_contain_text("100")
+    assert page.locator("#form-error").inner_text() == ""
+
+
+def test_a_wrong_api_key_is_reported_as_401_in_words(clean: Browser) -> None:
+    page = open_page(clean)
+    page.fill("#api_key", "not-a-key")
+    choose_file(page, "photo.png", sample_png())
+    page.click("#submit")
+    error = page.locator("#api_key-error")
+    playwright_api.expect(error).to_contain_text("401")
+    text = error.inner_text()
+    assert "API key" in text and "invalid" in text.lower(), text
+    assert page.evaluate("sessionStorage.getItem('diffbir.apiKey')") == "not-a-key"
+
+
+def test_phone_width_has_no_horizontal_scroll_and_keyboard_reaches_the_form(clean: Browser) -> None:
+    page = open_page(clean, width=375, height=740)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.keyboard.press("Tab")  # skip link first
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    # after the two docs links: the API key field, then the image picker
+    assert page.evaluate("document.activeElement.id") == "api_key"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "image"
+    unlabeled = page.evaluate(
+        """[...document.querySelectorAll('input, select, textarea')]
+             .filter(el => !el.labels?.length && !el.getAttribute('aria-labelledby')).map(el => el.id)"""
+    )
+    assert unlabeled == []
+    page.screenshot(path=artifact("page-phone.png"), full_page=True)
+
+
+@pytest.mark.parametrize(
+    ("path", "ready"),
+    [("/docs", ".swagger-ui .info .title"), ("/redoc", "[role=search], .api-content h1")],
+)
+def test_docs_render_from_local_assets(clean: Browser, path: str, ready: str) -> None:
+    page = clean.page()
+    page.goto(path)
+    page.wait_for_selector(ready, timeout=30_000)
+    assert "DiffBIR" in page.content()
+
+
+def test_first_load_page_weight(clean: Browser) -> None:
+    """Bytes on the wire for a cold first load of ``/`` (headers + bodies, as Chromium reports them)."""
+    page = clean.page()
+    finished: list[Any] = []
+    page.on("requestfinished", finished.append)
+    page.goto("/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_load_state("networkidle")
+    per_url = {}
+    for request in finished:
+        sizes = request.sizes()
+        per_url[request.url] = sizes["responseBodySize"] + sizes["responseHeadersSize"]
+    total = sum(per_url.values())
+    report = {"total_bytes": total, "requests": len(per_url), "per_url": per_url}
+    artifact("page-weight.json").write_text(json.dumps(report, indent=2))
+    print(f"page weight, first load of /: {total} bytes in {len(per_url)} requests")
+    assert any(url.endswith("/static/js/main.js") for url in per_url)
+    assert total < 200_000, report  # plain modules and one stylesheet: small by design
