@@ -267,7 +267,7 @@ def test_first_load_page_weight(clean: Browser) -> None:
     """Bytes on the wire for a cold first load of ``/`` (headers + bodies, as Chromium reports them)."""
     page = clean.page()
     finished: list[Any] = []
-    page.on("requestfinished", finished.append)
+    page.on("requestfinished", lambda request: finished.append(request))
     page.goto("/")
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_load_state("networkidle")
@@ -281,3 +281,92 @@ def test_first_load_page_weight(clean: Browser) -> None:
     print(f"page weight, first load of /: {total} bytes in {len(per_url)} requests")
     assert any(url.endswith("/static/js/main.js") for url in per_url)
     assert total < 200_000, report  # plain modules and one stylesheet: small by design
+
+
+def run_module(page: Any, module: str, body: str, arg: Any = None) -> Any:
+    """Evaluate ``body`` (an async function body with ``m`` = the page module, ``arg``) in the browser."""
+    script = f"async (arg) => {{ const m = await import('/static/js/{module}'); {body} }}"
+    return page.evaluate(script, arg)
+
+
+def test_event_stream_parser_reads_the_sse_wire_format(clean: Browser) -> None:
+    page = open_page(clean)
+    wire = (
+        ": keep-alive\n\n"
+        'id: 1\nevent: progress\ndata: {"status": "running",\ndata:  "progress": {"stage": "sampler"}}\n\n'
+        "retry: 1000\r\n\r\n"  # no data: no message
+        'data: {"status":"succeeded"}\r\n\r\n'
+    )
+    messages = run_module(
+        page,
+        "progress.js",
+        """
+        const bytes = new TextEncoder().encode(arg);
+        const stream = new ReadableStream({ start(c) {            // split mid-line to test buffering
+          for (let i = 0; i < bytes.length; i += 7) c.enqueue(bytes.slice(i, i + 7));
+          c.close(); } });
+        const out = [];
+        for await (const msg of m.sseMessages(stream)) out.push([msg.event, msg.id, m.update(msg.data)]);
+        return out;
+        """,
+        wire,
+    )
+    assert messages == [
+        ["progress", "1", {"status": "running", "progress": {"stage": "sampler"}}],
+        ["message", None, {"status": "succeeded", "progress": None}],
+    ]
+    bare = run_module(page, "progress.js", "return m.update(arg)", '{"stage": "vae", "step": 2, "total": 5}')
+    assert bare["progress"] == {"stage": "vae", "step": 2, "total": 5}
+
+
+def test_vocabulary_comes_from_the_schema_or_a_discovery_document(clean: Browser) -> None:
+    page = open_page(clean)
+    from_spec = run_module(
+        page, "options.js", "return m.fromOpenAPI(await (await fetch('/openapi.json')).json())"
+    )
+    from common.params import SAMPLERS, TASKS, RestoreParams
+
+    assert from_spec["task"]["choices"] == list(TASKS) and from_spec["sampler"]["choices"] == list(SAMPLERS)
+    steps = RestoreParams.model_fields["steps"]
+    assert from_spec["steps"]["default"] == steps.default
+    assert (from_spec["steps"]["min"], from_spec["steps"]["max"]) == (1, 100)
+    discovery = {
+        "models": [
+            {
+                "version": "v2.1",
+                "tasks": [{"name": "sr"}, {"name": "face"}],
+                "samplers": ["edm_dpm++_3m_sde", "spaced"],
+                "defaults": {"sampler": "edm_dpm++_3m_sde", "steps": 10},
+                "limits": {"steps": {"min": 1, "max": 50}, "upscale": [1, 4]},
+            }
+        ]
+    }
+    merge = "return m.merge(m.fromModels(arg[0]), arg[1])"
+    merged = run_module(page, "options.js", merge, [discovery, from_spec])
+    assert merged["task"]["choices"] == ["sr", "face"]
+    assert merged["sampler"]["default"] == "edm_dpm++_3m_sde" and merged["steps"]["max"] == 50
+    assert merged["upscale"]["max"] == 4 and merged["fidelity"]["max"] == 1  # the schema fills the rest
+
+
+def test_problems_land_next_to_their_field(clean: Browser) -> None:
+    page = open_page(clean)
+    fields = ["api_key", "image", "steps", "seed"]
+    unauthorized = {"code": "unauthorized", "title": "Missing or invalid API key", "detail": "bad key"}
+    cases = [
+        (
+            {"status": 422, "title": "Invalid", "errors": [{"loc": ["body", "steps"], "msg": "too big"}]},
+            [["steps", "too big"]],
+        ),
+        ({"status": 401, **unauthorized}, [["api_key", "Missing or invalid API key (401): bad key"]]),
+        (
+            {"status": 415, "code": "unsupported_media_type", "title": "Unsupported", "detail": "gif"},
+            [["image", "Unsupported (415): gif"]],
+        ),
+        (
+            {"status": 429, "code": "queue_full", "title": "Too many queued jobs", "detail": "3 waiting"},
+            [[None, "Too many queued jobs (429): 3 waiting"]],
+        ),
+    ]
+    for problem, placed in cases:
+        got = run_module(page, "problems.js", "return m.placeProblem(arg[0], arg[1])", [problem, fields])
+        assert got == placed
