@@ -12,16 +12,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import playwright.sync_api as playwright_api
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import API_KEYS, ROOT, Stack
+from tests.conftest import free_port
+from tests.e2e.conftest import API_KEYS, ROOT, ManagedProcess, Stack, wait_until
 
 CHROMIUM = os.environ.get("DIFFBIR_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("DIFFBIR_TEST_ARTIFACTS", ROOT / "tmp" / "artifacts"))
@@ -59,14 +62,15 @@ class Browser:
         self.outside: list[str] = []
         self.csp_errors: list[str] = []
 
-    def page(self, width: int = 1280, height: int = 900) -> Any:
+    def page(self, width: int = 1280, height: int = 900, base_url: str | None = None) -> Any:
+        base = base_url or self.base_url
         context = self.chromium.new_context(
-            base_url=self.base_url, viewport={"width": width, "height": height}, accept_downloads=True
+            base_url=base, viewport={"width": width, "height": height}, accept_downloads=True
         )
 
         def police(route: Any) -> None:
             url = route.request.url
-            if url.startswith(self.base_url + "/") or url.startswith(("data:", "blob:")):
+            if url.startswith(base + "/") or url.startswith(("data:", "blob:")):
                 route.continue_()
             else:
                 self.outside.append(url)
@@ -97,12 +101,36 @@ def browser(stack: Stack) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def clean(browser: Browser) -> Iterator[Browser]:
+def clean(browser: Browser, live_stack: Stack) -> Iterator[Browser]:
+    """The browser, with the request log emptied and a live worker (a fault test may have killed it)."""
     browser.outside.clear()
     browser.csp_errors.clear()
     yield browser
     assert browser.outside == [], f"requests left loopback: {browser.outside}"
     assert browser.csp_errors == [], browser.csp_errors
+
+
+@pytest.fixture(scope="module")
+def open_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second API process on the same Redis and worker with auth off; its base URL."""
+    port = free_port()
+    env = dict(stack.env, DIFFBIR_API_KEYS="[]", DIFFBIR_PORT=str(port), DIFFBIR_HOST="127.0.0.1")
+    api = ManagedProcess("api-open", [sys.executable, "-m", "service"], env, tmp_path_factory.mktemp("open"))
+    api.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert api.alive, api.tail()
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 60, 0.1, what="open API up")
+        yield base
+    finally:
+        api.stop()
 
 
 def artifact(name: str) -> Path:
@@ -112,8 +140,8 @@ def artifact(name: str) -> Path:
     return path
 
 
-def open_page(browser: Browser, **size: int) -> Any:
-    page = browser.page(**size)
+def open_page(browser: Browser, **options: Any) -> Any:
+    page = browser.page(**options)
     page.goto("/")
     page.wait_for_selector("body[data-ready='1']")
     return page
@@ -370,3 +398,43 @@ def test_problems_land_next_to_their_field(clean: Browser) -> None:
     for problem, placed in cases:
         got = run_module(page, "problems.js", "return m.placeProblem(arg[0], arg[1])", [problem, fields])
         assert got == placed
+
+
+def test_auth_off_hides_the_key_field_and_a_job_runs_without_one(open_api: str, clean: Browser) -> None:
+    page = open_page(clean, base_url=open_api)
+    assert page.get_attribute("html", "data-auth") == "off"
+    assert not page.is_visible("#api_key")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "image"  # the hidden key field takes no focus
+    choose_file(page, "photo.png", sample_png(24, 16))
+    page.click("summary")
+    page.fill("#steps", "2")
+    page.click("#submit")
+    page.wait_for_selector("#compare:not([hidden])", timeout=120_000)
+    playwright_api.expect(page.locator("#status-text")).to_have_text("Done.")
+    assert page.locator("#after").evaluate("img => img.naturalWidth") == 96  # the schema's default upscale 4
+    playwright_api.expect(page.locator("#recent li")).to_have_count(1)
+
+
+def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browser) -> None:
+    """As GET /v1/models would answer (served here by the browser's router): its choices and defaults win."""
+    page = clean.page()
+    discovery = {
+        "version": "v2.1",
+        "tasks": ["sr", "face"],
+        "samplers": [{"name": "edm_dpm++_3m_sde"}, {"name": "spaced"}],
+        "defaults": {"sampler": "edm_dpm++_3m_sde", "steps": 10, "cfg_scale": 6},
+        "limits": {"steps": {"min": 1, "max": 60}},
+    }
+    page.route("**/v1/models", lambda route: route.fulfill(json=discovery))
+    page.goto("/")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.get_attribute("#restore-form", "data-options-source") == "models"
+    assert page.locator("#task option").all_inner_texts() == ["sr", "face"]
+    assert page.input_value("#sampler") == "edm_dpm++_3m_sde"
+    assert (page.input_value("#steps"), page.get_attribute("#steps", "max")) == ("10", "60")
+    assert page.input_value("#cfg_scale") == "6"
+    assert page.get_attribute("#fidelity", "max") == "1"  # not in the document: from the schema

@@ -93,3 +93,28 @@ def test_served_docs_bundles_name_no_remote_asset(client: TestClient) -> None:
     assert "cdn.redoc.ly" not in redoc.text
     for name in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert client.get(f"/docs-assets/{name}").status_code == 200
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_colours_meet_wcag_aa_contrast(client: TestClient, scheme: str) -> None:
+    css = client.get("/static/page.css").text
+    blocks = re.findall(r"\{([^{}]*--bg:[^{}]*)\}", css)  # :root, then the dark-scheme :root
+    palette = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-f]{6})", blocks[0 if scheme == "light" else 1]))
+    pairs = [
+        ("fg", "bg"), ("fg", "panel"), ("muted", "panel"), ("muted", "bg"), ("accent", "bg"),
+        ("accent", "panel"), ("accent-fg", "accent"), ("error", "panel"), ("error", "bg"),
+    ]  # fmt: skip
+    for text, background in pairs:
+        ratio = _contrast(palette[text], palette[background])
+        assert ratio >= 4.5, f"{scheme}: --{text} on --{background} is {ratio:.2f}:1"

@@ -14,7 +14,7 @@ const compare = setupCompare($("#compare"));
 const inputs = new Map(); // job id -> object URL of the image submitted from this tab (the "before")
 let image = null;
 let imageUrl = null;
-let optionsSource = null;
+let retryOptions = false; // the discovery endpoint refused us (401): ask again once a key is entered
 
 // ------------------------------------------------------------------------------------------ API key
 
@@ -24,7 +24,7 @@ $("#api_key").addEventListener("change", async (event) => {
   apiKey.set(event.target.value.trim());
   $("#api_key-error").textContent = "";
   event.target.removeAttribute("aria-invalid");
-  if (optionsSource !== "models") await initOptions();
+  if (retryOptions) await initOptions();
   refreshRecent();
 });
 
@@ -32,9 +32,9 @@ $("#api_key").addEventListener("change", async (event) => {
 
 async function initOptions() {
   try {
-    const { options, source } = await loadOptions();
+    const { options, source, retry } = await loadOptions();
     applyOptions(form, options);
-    optionsSource = source;
+    retryOptions = Boolean(retry);
     form.dataset.optionsSource = source;
     showFidelity();
   } catch (error) {

@@ -91,27 +91,29 @@ export async function loadOptions() {
   let models = null;
   try {
     models = await getOptional("/v1/models");
-  } catch {
-    models = null; // e.g. 401 before a key is entered: the schema still has everything the form needs
+  } catch (error) {
+    // e.g. 401 before a key is entered: the schema has everything the form needs; retry once there is a key
+    return { options: schema, source: "openapi", retry: error.status === 401 };
   }
-  if (!models) return { options: schema, source: "openapi" };
+  if (!models) return { options: schema, source: "openapi", retry: false };
   return { options: merge(fromModels(models), schema), source: "models" };
 }
 
-/** Fill selects and bounds; set each field to its default. */
+/** Fill selects and bounds; set each field the person has not touched to its default. */
 export function applyOptions(form, options) {
   for (const name of FIELDS) {
     const el = form.elements.namedItem(name);
     const o = options[name];
     if (!el || !o) continue;
     if (el.tagName === "SELECT") {
+      const chosen = el.value;
       el.replaceChildren(...(o.choices || []).map((c) => new Option(c, c)));
+      if (el.dataset.dirty && (o.choices || []).includes(chosen)) el.value = chosen;
     } else {
       if (o.min !== undefined) el.min = o.min;
       if (o.max !== undefined) el.max = o.max;
       if (o.maxLength !== undefined) el.maxLength = o.maxLength;
     }
-    if (o.default !== undefined && o.default !== null) el.value = o.default;
-    el.dataset.default = el.value;
+    if (!el.dataset.dirty && o.default !== undefined && o.default !== null) el.value = o.default;
   }
 }
