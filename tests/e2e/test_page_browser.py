@@ -1,5 +1,5 @@
 """The page at ``/`` in a real browser (Debian's Chromium driven by Playwright) against the real e2e stack:
-API process + tiny-preset worker + Redis, auth on.
+API process + tiny-preset worker + Redis, auth on; the main flow also with S3 (moto) storage.
 
 Every request the browser makes goes through a route handler: anything not addressed to the API's loopback
 origin is aborted and recorded, and each test asserts there was none (the page, /docs and /redoc must work
@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import playwright.sync_api as playwright_api
@@ -30,7 +31,12 @@ CHROMIUM = os.environ.get("DIFFBIR_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("DIFFBIR_TEST_ARTIFACTS", ROOT / "tmp" / "artifacts"))
 KEY = API_KEYS[0]
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("stack", ["redis"], indirect=True)]
+pytestmark = pytest.mark.slow
+# Every test runs against the Redis-backed stack; the main flow also against S3 (results come from object
+# storage through a presigned redirect).
+REDIS = pytest.mark.parametrize("stack", ["redis"], indirect=True)
+BOTH_BACKENDS = pytest.mark.parametrize("stack", ["redis", "s3"], indirect=True)
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
 def sample_png(width: int = 48, height: int = 32) -> bytes:
@@ -63,20 +69,25 @@ class Browser:
         self.csp_errors: list[str] = []
 
     def page(self, width: int = 1280, height: int = 900, base_url: str | None = None) -> Any:
-        base = base_url or self.base_url
         context = self.chromium.new_context(
-            base_url=base, viewport={"width": width, "height": height}, accept_downloads=True
+            base_url=base_url or self.base_url,
+            viewport={"width": width, "height": height},
+            accept_downloads=True,
         )
 
+        def on_loopback(url: str) -> bool:
+            return url.startswith(("data:", "blob:")) or urlsplit(url).hostname in LOOPBACK
+
         def police(route: Any) -> None:
-            url = route.request.url
-            if url.startswith(base + "/") or url.startswith(("data:", "blob:")):
+            if on_loopback(route.request.url):
                 route.continue_()
             else:
-                self.outside.append(url)
+                self.outside.append(route.request.url)
                 route.abort()
 
         context.route("**/*", police)
+        # The router does not see redirect targets (S3 presigned URLs): every request is logged here too.
+        context.on("request", lambda r: None if on_loopback(r.url) else self.outside.append(r.url))
         page = context.new_page()
         page.on(
             "console",
@@ -133,6 +144,23 @@ def open_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         api.stop()
 
 
+def allow_page_origin(stack: Stack) -> None:
+    """The CORS rule docs/api.md asks S3 deployments for: results may be read by the page's origin."""
+    import boto3
+
+    env = stack.env
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["DIFFBIR_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=env["DIFFBIR_S3_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["DIFFBIR_S3_SECRET_ACCESS_KEY"],
+    )
+    origin = f"http://127.0.0.1:{stack.api_port}"
+    rule = {"AllowedOrigins": [origin], "AllowedMethods": ["GET"], "AllowedHeaders": ["*"]}
+    s3.put_bucket_cors(Bucket=env["DIFFBIR_S3_BUCKET"], CORSConfiguration={"CORSRules": [rule]})
+
+
 def artifact(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -166,9 +194,12 @@ def watch_progress(page: Any, until: str, timeout_s: float = 120.0) -> list[tupl
     return samples
 
 
+@BOTH_BACKENDS
 def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     stack: Stack, clean: Browser
 ) -> None:
+    if stack.backend == "s3":
+        allow_page_origin(stack)
     page = open_page(clean)
     assert page.get_attribute("#restore-form", "data-options-source") in ("models", "openapi")
     assert page.locator("#sampler option").count() >= 2  # the vocabulary came from the server
@@ -199,7 +230,12 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     with page.expect_download() as download_info:
         page.click("#download")
     download = download_info.value
-    api_bytes = stack.http.get(f"/v1/jobs/{job_id}/result", headers=stack.headers()).content
+    result = stack.http.get(f"/v1/jobs/{job_id}/result", headers=stack.headers())
+    if stack.backend == "s3":
+        assert result.status_code == 307
+        result = httpx.get(result.headers["location"], timeout=10)
+    api_bytes = result.content
+    assert result.status_code == 200 and api_bytes[:4] == b"\x89PNG"
     assert Path(download.path()).read_bytes() == api_bytes
     assert download.suggested_filename == f"{job_id}.png"
 
@@ -219,9 +255,10 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     item = page.locator("#recent li button", has_text="succeeded").first
     expect(item).to_be_visible()
     assert item.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96
-    page.screenshot(path=artifact("page-tiny-preset.png"), full_page=True)
+    page.screenshot(path=artifact(f"page-tiny-preset-{stack.backend}.png"), full_page=True)
 
 
+@REDIS
 def test_a_bad_file_shows_the_servers_message_next_to_the_image(stack: Stack, clean: Browser) -> None:
     bad = b"this is not an image at all" * 10
     expected = stack.submit(bad).json()
@@ -237,6 +274,7 @@ def test_a_bad_file_shows_the_servers_message_next_to_the_image(stack: Stack, cl
     assert page.evaluate("document.activeElement.id") == "image"  # focus moved to the field at fault
 
 
+@REDIS
 def test_an_out_of_range_field_is_reported_next_to_that_field(clean: Browser) -> None:
     page = open_page(clean)
     page.fill("#api_key", KEY)
@@ -248,6 +286,7 @@ def test_an_out_of_range_field_is_reported_next_to_that_field(clean: Browser) ->
     assert page.locator("#form-error").inner_text() == ""
 
 
+@REDIS
 def test_a_wrong_api_key_is_reported_as_401_in_words(clean: Browser) -> None:
     page = open_page(clean)
     page.fill("#api_key", "not-a-key")
@@ -260,6 +299,7 @@ def test_a_wrong_api_key_is_reported_as_401_in_words(clean: Browser) -> None:
     assert page.evaluate("sessionStorage.getItem('diffbir.apiKey')") == "not-a-key"
 
 
+@REDIS
 def test_phone_width_has_no_horizontal_scroll_and_keyboard_reaches_the_form(clean: Browser) -> None:
     page = open_page(clean, width=375, height=740)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
@@ -280,6 +320,7 @@ def test_phone_width_has_no_horizontal_scroll_and_keyboard_reaches_the_form(clea
     page.screenshot(path=artifact("page-phone.png"), full_page=True)
 
 
+@REDIS
 @pytest.mark.parametrize(
     ("path", "ready"),
     [("/docs", ".swagger-ui .info .title"), ("/redoc", "[role=search], .api-content h1")],
@@ -291,6 +332,7 @@ def test_docs_render_from_local_assets(clean: Browser, path: str, ready: str) ->
     assert "DiffBIR" in page.content()
 
 
+@REDIS
 def test_first_load_page_weight(clean: Browser) -> None:
     """Bytes on the wire for a cold first load of ``/`` (headers + bodies, as Chromium reports them)."""
     page = clean.page()
@@ -317,6 +359,7 @@ def run_module(page: Any, module: str, body: str, arg: Any = None) -> Any:
     return page.evaluate(script, arg)
 
 
+@REDIS
 def test_event_stream_parser_reads_the_sse_wire_format(clean: Browser) -> None:
     page = open_page(clean)
     wire = (
@@ -347,6 +390,7 @@ def test_event_stream_parser_reads_the_sse_wire_format(clean: Browser) -> None:
     assert bare["progress"] == {"stage": "vae", "step": 2, "total": 5}
 
 
+@REDIS
 def test_vocabulary_comes_from_the_schema_or_a_discovery_document(clean: Browser) -> None:
     page = open_page(clean)
     from_spec = run_module(
@@ -376,6 +420,7 @@ def test_vocabulary_comes_from_the_schema_or_a_discovery_document(clean: Browser
     assert merged["upscale"]["max"] == 4 and merged["fidelity"]["max"] == 1  # the schema fills the rest
 
 
+@REDIS
 def test_problems_land_next_to_their_field(clean: Browser) -> None:
     page = open_page(clean)
     fields = ["api_key", "image", "steps", "seed"]
@@ -400,6 +445,7 @@ def test_problems_land_next_to_their_field(clean: Browser) -> None:
         assert got == placed
 
 
+@REDIS
 def test_auth_off_hides_the_key_field_and_a_job_runs_without_one(open_api: str, clean: Browser) -> None:
     page = open_page(clean, base_url=open_api)
     assert page.get_attribute("html", "data-auth") == "off"
@@ -419,6 +465,7 @@ def test_auth_off_hides_the_key_field_and_a_job_runs_without_one(open_api: str, 
     playwright_api.expect(page.locator("#recent li")).to_have_count(1)
 
 
+@REDIS
 def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browser) -> None:
     """As GET /v1/models would answer (served here by the browser's router): its choices and defaults win."""
     page = clean.page()
