@@ -21,6 +21,7 @@ from common.webhooks import deliver, host_of, signature_headers
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF_S = 60.0
 Outcome = Callable[[str], None]  # called with "delivered" | "failed" once per message
 
 
@@ -79,7 +80,7 @@ class WebhookSender:
             if self.outbox.done(delivery):
                 self.on_outcome("delivered")
         elif result.retryable and delivery.attempt < max_attempts:
-            delay = s.webhook_backoff_s * 2 ** (delivery.attempt - 1)
+            delay = min(MAX_BACKOFF_S, s.webhook_backoff_s * 2 ** (delivery.attempt - 1))
             log.info(
                 "webhook %s to %s failed (%s); retry %d in %.1fs",
                 delivery.id,
