@@ -225,3 +225,36 @@ def test_per_key_quotas(quota_api: Stack) -> None:
     finally:
         stack.worker.signal(signal.SIGCONT)
     wait_until(lambda: queue_depth(stack.redis, "gpu") == 0, 30, what="queue drained")
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """The real transport, remembering each request's method and path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url.path))
+        return super().handle_request(request)
+
+
+def test_client_follows_events_and_lists(live_stack: Stack) -> None:
+    from client import RestoreClient
+
+    transport = RecordingTransport()
+    snapshots = []
+    base = f"http://127.0.0.1:{live_stack.api_port}"
+    with RestoreClient(base, BOB, transport=transport) as client:
+        data = client.restore(IMAGE, on_progress=snapshots.append, steps=12, upscale=2, seed=5)
+        job_id = snapshots[0].id
+        listed = client.list_jobs(limit=5)
+        found = [job.id for job in client.iter_jobs(status="succeeded", page_size=2)]
+    assert data.startswith(b"\x89PNG")
+    sampler = [s.progress.step for s in snapshots if s.progress.stage == "sampler"]
+    assert len(sampler) >= 2 and sampler == sorted(sampler) and snapshots[-1].succeeded
+    paths = [path for _, path in transport.seen]
+    assert f"/v1/jobs/{job_id}/events" in paths
+    assert f"/v1/jobs/{job_id}" not in paths  # followed live, never polled
+    post = next(i for i, (method, _) in enumerate(transport.seen) if method == "POST")
+    assert post == 0 and listed.jobs[0].id == job_id and job_id in found
