@@ -18,7 +18,7 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from common.errors import NotFoundError, ServerBusyError
-from common.jobs import is_valid_job_id, public_document
+from common.jobs import JobStatus, is_valid_job_id, public_document
 from common.progress_events import (
     STATUS_EVENT,
     JobEventReader,
@@ -32,7 +32,6 @@ from service.auth import caller_of
 
 # XREAD blocks this long before checking that the job still exists (it may expire while a client waits).
 BLOCK_MS = 15_000
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
@@ -82,7 +81,7 @@ async def job_events(
 ) -> AsyncIterator[ServerSentEvent]:
     if send_snapshot:
         yield ServerSentEvent(data=document.decode(), event=STATUS_EVENT, id=after)
-        if document_status(document) in TERMINAL:
+        if JobStatus(document_status(document)).terminal:
             return
     while True:
         events = await streams.reader.read(job_id, after, BLOCK_MS)

@@ -7,6 +7,7 @@ import asyncio
 import redis
 
 from common.job_store import JobStore
+from common.jobs import ErrorCode
 from common.keys import active_jobs_key
 from common.quotas import QuotaGate
 from common.settings import Settings
@@ -25,7 +26,7 @@ def test_active_cap_per_key_released_when_jobs_end(make_client: ClientFactory, s
     assert submit(client, headers=BOB).status_code == 202  # another key is not affected
     store.mark_running(first)
     assert submit(client, headers=ALICE).status_code == 429  # running still counts
-    store.fail(first, "internal", "boom")  # type: ignore[arg-type]
+    store.fail(first, ErrorCode.internal, "boom")
     assert submit(client, headers=ALICE).status_code == 202
     client.post(f"/v1/jobs/{second}/cancel", headers=ALICE)  # canceled while queued: released too
     assert submit(client, headers=ALICE).status_code == 202
