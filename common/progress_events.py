@@ -3,7 +3,7 @@
 Written by ``JobStore`` inside the same MULTI as the change itself (every status transition and progress
 write, worker or API), so the stream never disagrees with the document. Each entry carries the public job
 document as it became; entry ids are the SSE event ids, so ``Last-Event-ID`` resumes exactly. Streams are
-capped (``MAXLEN ~``) and expire with their job.
+capped (``MAXLEN ~``), cut to their final entry when the job ends, and expire with their job.
 
 Readers block in ``XREAD BLOCK`` on a connection of their own (no polling loop per client); a reader that
 resumes from an id the cap has already trimmed gets a fresh snapshot of the document instead.
@@ -37,6 +37,11 @@ def queue_event(pipe: Any, job: Job, status_changed: bool, ttl_s: int) -> None:
         "data": job.model_dump_json(exclude={"owner"}),
     }
     pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
+    if job.status.terminal:
+        # An ended job's stream keeps only its last entry (the final document) for the rest of the job's
+        # TTL: a reader still behind gets that entry, which holds everything, and a finished job costs one
+        # more document of memory rather than up to STREAM_MAXLEN of them for days.
+        pipe.xtrim(key, maxlen=1, approximate=False)
     pipe.expire(key, ttl_s)
 
 

@@ -11,7 +11,6 @@ import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
@@ -30,8 +29,9 @@ BOB = API_KEYS[1]
 CAROL, DAVE = "key-carol", "key-dave"
 
 
-def events_of(stack: Stack, job_id: str, **headers: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, event, document) of every event of one SSE connection, which must end by itself."""
+def events_of(stack: Stack, job_id: str, stop_after: int = 0, **headers: str) -> list[tuple[str, str, dict]]:
+    """(id, event, document) of the events of one SSE connection: all of them (it must end by itself), or the
+    first ``stop_after`` when given (the client then drops the connection)."""
     out = []
     path = f"/v1/jobs/{job_id}/events"
     with (
@@ -41,24 +41,32 @@ def events_of(stack: Stack, job_id: str, **headers: str) -> list[tuple[str, str,
         assert source.response.status_code == 200
         for sse in source.iter_sse():
             out.append((sse.id, sse.event, json.loads(sse.data)))
+            if len(out) == stop_after:
+                break
     return out
 
 
+def stream_id(event_id: str) -> tuple[int, int]:
+    ms, seq = event_id.split("-")
+    return int(ms), int(seq)
+
+
 def test_sse_streams_progress_live_and_resumes(live_stack: Stack) -> None:
-    job_id = live_stack.submit_ok(IMAGE, steps=12)
-    events = events_of(live_stack, job_id)
-    statuses = [doc["status"] for _, _, doc in events]
-    assert statuses[-1] == "succeeded" and statuses[0] in ("queued", "running")
-    steps = [doc["progress"]["step"] for _, kind, doc in events if kind == "progress" and doc["progress"]]
-    sampler = [
-        d["progress"]["step"] for _, k, d in events if d["progress"] and d["progress"]["stage"] == "sampler"
-    ]
-    assert len(steps) >= 3 and sampler == sorted(sampler) and sampler, events  # steps arrive as they happen
-    assert len({event_id for event_id, _, _ in events}) == len(events)
-    # Resume from the middle: exactly what followed, ending at the terminal event.
-    middle = len(events) // 2
-    resumed = events_of(live_stack, job_id, **{"Last-Event-ID": events[middle][0]})
-    assert [e[0] for e in resumed] == [e[0] for e in events[middle + 1 :]]
+    job_id = live_stack.submit_ok(IMAGE, steps=40)
+    first = events_of(live_stack, job_id, stop_after=3)  # then the connection drops mid-run
+    assert first[0][2]["status"] in ("queued", "running")
+    rest = events_of(live_stack, job_id, **{"Last-Event-ID": first[-1][0]})
+    events = first + rest
+    ids = [stream_id(event_id) for event_id, _, _ in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # resumed after the last one seen, no repeats
+    assert events[-1][2]["status"] == "succeeded" and all(
+        doc["status"] != "succeeded" for *_, doc in events[:-1]
+    )
+    progress = [doc["progress"] for _, kind, doc in events if kind == "progress"]
+    sampler = [p["step"] for p in progress if p["stage"] == "sampler"]
+    assert len(progress) >= 3 and sampler and sampler == sorted(sampler), events  # as they happen
+    # Once finished: its final state, once.
+    assert [doc["status"] for *_, doc in events_of(live_stack, job_id)] == ["succeeded"]
     other = live_stack.http.get(f"/v1/jobs/{job_id}/events", headers=live_stack.headers(BOB))
     assert other.status_code == 404
 

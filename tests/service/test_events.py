@@ -74,18 +74,26 @@ def test_live_status_and_progress_until_terminal(make_client: ClientFactory, sto
     assert ": ping" in text  # keep-alive comments while the job waited
 
 
-def test_last_event_id_resumes_after_it(client: TestClient, store: JobStore) -> None:
+def test_last_event_id_resumes_after_it(
+    client: TestClient, store: JobStore, redis_client: redis.Redis
+) -> None:
     job_id = submit(client).json()["id"]
     store.mark_running(job_id)
     store.set_progress(job_id, "sampler", 1, 2)
-    store.fail(job_id, ErrorCode.internal, "boom")
+    store.set_progress(job_id, "sampler", 2, 2)
+    history = [entry_id.decode() for entry_id, _ in redis_client.xrange(events_key(job_id))]
+    worker = later(0.5, lambda: store.fail(job_id, ErrorCode.internal, "boom"))
+    resumed, _ = read_stream(client, job_id, {"Last-Event-ID": history[0]})
+    worker.join()
+    assert [e["event"] for e in resumed] == ["progress", "progress", "status"]
+    assert [e["id"] for e in resumed[:2]] == history[1:]
+    assert json.loads(resumed[-1]["data"])["status"] == "failed"
+    # Ended: the stream keeps its final entry only; a finished job sends its state once, then ends.
+    assert redis_client.xlen(events_key(job_id)) == 1
     everything, _ = read_stream(client, job_id)
-    assert [json.loads(e["data"])["status"] for e in everything] == ["failed"]  # finished: its state, once
-    history = store.redis.xrange(events_key(job_id))
-    running_id = history[0][0].decode()
-    resumed, _ = read_stream(client, job_id, {"Last-Event-ID": running_id})
-    assert [e["event"] for e in resumed] == ["progress", "status"]
-    assert [e["id"] for e in resumed] == [h[0].decode() for h in history[1:]]
+    assert [json.loads(e["data"])["status"] for e in everything] == ["failed"]
+    late, _ = read_stream(client, job_id, {"Last-Event-ID": history[0]})  # trimmed since: a snapshot
+    assert [json.loads(e["data"])["status"] for e in late] == ["failed"]
     junk, _ = read_stream(client, job_id, {"Last-Event-ID": "not-an-id"})
     assert len(junk) == 1 and json.loads(junk[0]["data"])["status"] == "failed"
 
