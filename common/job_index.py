@@ -2,8 +2,8 @@
 
 Entries expire with their jobs without a sweeper: a page reads the documents of its entries in one MGET and
 removes the entries whose document has expired (lazy pruning); entries older than any job can live
-(``2 * job_ttl``: at most a TTL queued or running, then a TTL after it finished) are dropped on every add, and
-the whole key expires ``2 * job_ttl`` after the owner's last submission.
+(``2 * job_ttl``: at most a TTL queued or running, then a TTL after it finished) are dropped when a first page
+is read, and the whole key expires ``2 * job_ttl`` after the owner's last submission.
 
 Cursors are opaque (url-safe base64 of the last entry's score and id) and stable under inserts: new jobs
 sort before the cursor, so paging never repeats or skips an entry. A page scans at most ``MAX_SCAN``
@@ -69,12 +69,11 @@ class JobIndex:
         self.redis = client
         self.lifetime_s = 2 * ttl_s  # the longest a job can exist (see the module docstring)
 
-    def queue_add(self, tx: Any, job: Job, now: float | None = None) -> None:
-        """Queue the job's entry (and the age-based pruning) on a pipeline, e.g. the submission's MULTI."""
+    def queue_add(self, tx: Any, job: Job) -> None:
+        """Queue the job's entry on a pipeline, e.g. the submission's MULTI (two commands: the submit path is
+        hot; pruning by age happens when a page is read)."""
         key = owner_jobs_key(job.owner)
-        oldest = int(((time.time() if now is None else now) - self.lifetime_s) * 1_000_000)
         tx.zadd(key, {job.id: score_of(job)})
-        tx.zremrangebyscore(key, "-inf", f"({oldest}")
         tx.expire(key, self.lifetime_s)
 
     async def add(self, job: Job) -> None:
@@ -88,6 +87,9 @@ class JobIndex:
         limit = max(1, min(limit, MAX_PAGE))
         key = owner_jobs_key(owner)
         after = Cursor.decode(cursor) if cursor else None
+        if after is None:  # a first page: drop entries older than any job can live
+            oldest = int((time.time() - self.lifetime_s) * 1_000_000)
+            await self.redis.zremrangebyscore(key, "-inf", f"({oldest}")
         found: list[bytes] = []
         last: Cursor | None = None
         scanned = 0

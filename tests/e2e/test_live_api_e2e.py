@@ -149,6 +149,7 @@ class StallingReceiver:
         self.server.server_close()
 
 
+@pytest.mark.slow  # restarts the worker (model load) and waits out a lease
 def test_webhook_in_flight_when_its_sender_dies_is_sent_by_another(live_stack: Stack) -> None:
     receiver = StallingReceiver()
     try:

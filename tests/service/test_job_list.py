@@ -58,5 +58,8 @@ def test_expired_jobs_leave_the_list(client: TestClient, redis_client: redis.Red
     assert ids(client.get("/v1/jobs").json()) == [jobs[2], jobs[0]]
     key = owner_jobs_key("anonymous")
     assert redis_client.zscore(key, jobs[1]) is None  # pruned on the way
+    redis_client.zadd(key, {"j_" + "o" * 22: 1_000_000})  # older than any job can live: dropped unread
+    assert ids(client.get("/v1/jobs?limit=1").json()) == [jobs[2]]  # the page never reaches it...
+    assert redis_client.zcard(key) == 2  # ...yet it is gone
     ttl = redis_client.ttl(key)
     assert 0 < ttl <= 2 * client.app_settings.job_ttl_seconds  # the index itself expires when unused
