@@ -70,8 +70,9 @@ def start_from(snapshot: Snapshot, last_event_id: str | None) -> tuple[bool, str
         return True, latest
     first, last = parse_stream_id(snapshot.first_id), parse_stream_id(latest)
     assert first is not None and last is not None
-    # first - 1 is enough: the entry right after the resume point is still kept.
-    if (resume[0], resume[1] + 1) < first or resume > last:
+    # At or after the first kept entry, everything after the resume point is still kept; before it, entries
+    # may have been trimmed (a snapshot then carries the current state instead).
+    if resume < first or resume > last:
         return True, latest
     return False, f"{resume[0]}-{resume[1]}"
 
