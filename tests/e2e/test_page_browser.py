@@ -1,8 +1,8 @@
 """The page at ``/`` in a real browser (Debian's Chromium driven by Playwright) against the real e2e stack:
 API process + tiny-preset worker + Redis, auth on; the main flow also with S3 (moto) storage.
 
-Every request the browser makes goes through a route handler: anything not addressed to the API's loopback
-origin is aborted and recorded, and each test asserts there was none (the page, /docs and /redoc must work
+Every request the browser makes goes through a route handler: anything off loopback (``127.0.0.1``) is
+aborted and recorded, and each test asserts there was none (the page, /docs and /redoc must work
 on an air-gapped host). Screenshots and the page-weight figure go to ``$DIFFBIR_TEST_ARTIFACTS`` (default
 ``tmp/artifacts``), whose path is printed.
 """
@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import free_port
-from tests.e2e.conftest import API_KEYS, ROOT, ManagedProcess, Stack, wait_until
+from tests.e2e.conftest import API_KEYS, ROOT, TERMINAL, ManagedProcess, Stack, wait_until
 
 CHROMIUM = os.environ.get("DIFFBIR_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("DIFFBIR_TEST_ARTIFACTS", ROOT / "tmp" / "artifacts"))
@@ -485,3 +485,39 @@ def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browse
     assert (page.input_value("#steps"), page.get_attribute("#steps", "max")) == ("10", "60")
     assert page.input_value("#cfg_scale") == "6"
     assert page.get_attribute("#fidelity", "max") == "1"  # not in the document: from the schema
+
+
+@REDIS
+@pytest.mark.parametrize("stream", ["complete", "broken"])
+def test_progress_comes_from_the_event_stream_and_polling_takes_over_when_it_breaks(
+    stack: Stack, clean: Browser, stream: str
+) -> None:
+    """GET /v1/jobs/{id}/events, as the router answers it here: the real job's states as SSE messages."""
+    page = open_page(clean)
+
+    def events(route: Any) -> None:
+        job_id = route.request.url.rsplit("/", 2)[-2]
+        assert route.request.headers.get("authorization") == f"Bearer {KEY}"  # fetch, not EventSource
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["status"] not in TERMINAL:
+            doc = stack.job(job_id)
+            if not frames or doc["progress"] != frames[-1]["progress"]:
+                frames.append({"status": doc["status"], "progress": doc["progress"]})
+            time.sleep(0.03)
+        if stream == "broken":
+            frames = frames[:-1]  # the connection drops before the terminal event
+        messages = [f"id: {i}\ndata: {json.dumps(frame)}\n\n" for i, frame in enumerate(frames)]
+        body = ": connected\n\n" + "".join(messages)
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+
+    page.route("**/v1/jobs/*/events", events)
+    page.fill("#api_key", KEY)
+    choose_file(page, "photo.png", sample_png(24, 16))
+    page.click("summary")
+    page.fill("#steps", "6")
+    page.fill("#upscale", "2")
+    page.click("#submit")
+    page.wait_for_selector("#compare:not([hidden])", timeout=120_000)
+    playwright_api.expect(page.locator("#status-text")).to_have_text("Done.")
+    via = page.get_attribute("#status-box", "data-via")
+    assert via == ("events" if stream == "complete" else "polling")

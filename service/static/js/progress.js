@@ -76,8 +76,8 @@ async function followStream(id, onUpdate, signal) {
 
 /** Resolve with the final job document; `onUpdate` sees {status, progress} as they change. */
 export async function follow(id, onUpdate, { signal } = {}) {
-  await followStream(id, onUpdate, signal);
-  onUpdate({ via: "polling" });
+  const streamed = await followStream(id, onUpdate, signal);
+  if (!streamed) onUpdate({ via: "polling" }); // after a complete stream, one GET fetches the final document
   let delay = 250;
   for (;;) {
     if (signal?.aborted) throw new DOMException("stopped", "AbortError");
