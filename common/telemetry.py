@@ -41,8 +41,9 @@ def otlp_endpoint(settings: Settings, environ: Mapping[str, str] = os.environ) -
     """The OTLP/HTTP traces URL to export to, or None (tracing off)."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    base = settings.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if settings.otlp_endpoint is None and environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    setting = settings.otlp_endpoint or None  # compose passes an empty value through when unset
+    base = setting or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if setting is None and environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         return environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]  # already the full URL, by the spec
     return f"{base.rstrip('/')}/v1/traces" if base else None
 

@@ -71,6 +71,7 @@ def test_tracing_off_sets_up_nothing() -> None:
     ("setting", "environ", "expected"),
     [
         (None, {}, None),
+        ("", {}, None),
         ("http://jaeger:4318/", {}, "http://jaeger:4318/v1/traces"),
         (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"}, "http://otel:4318/v1/traces"),
         (None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://otel:4318/custom"}, "http://otel:4318/custom"),
