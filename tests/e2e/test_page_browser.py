@@ -220,6 +220,7 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     assert len(moving) >= 2 and len(steps) >= 2, f"progress did not visibly move: {samples}"
 
     expect(page.locator("#status-text")).to_have_text("Done.")
+    assert page.get_attribute("#status-box", "data-via") == "events"  # the live stream, not polling
     job_id = page.get_attribute("#status-box", "data-job")
     doc = stack.job(job_id)
     assert doc["status"] == "succeeded" and doc["params"]["steps"] == 24 and doc["params"]["seed"] == 7
@@ -252,6 +253,7 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     page.dispatch_event("#zoom", "input")
 
     # The recent list shows this job with a thumbnail; opening it shows the result again.
+    expect(page.locator("#recent-source")).to_have_text("Your latest jobs on this server.")  # GET /v1/jobs
     item = page.locator("#recent li button", has_text="succeeded").first
     expect(item).to_be_visible()
     assert item.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96
