@@ -478,12 +478,19 @@ def test_auth_off_hides_the_key_field_and_a_job_runs_without_one(open_api: str, 
 def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browser) -> None:
     """As GET /v1/models would answer (served here by the browser's router): its choices and defaults win."""
     page = clean.page()
-    discovery = {
-        "version": "v2.1",
-        "tasks": ["sr", "face"],
-        "samplers": [{"name": "edm_dpm++_3m_sde"}, {"name": "spaced"}],
-        "defaults": {"sampler": "edm_dpm++_3m_sde", "steps": 10, "cfg_scale": 6},
-        "limits": {"steps": {"min": 1, "max": 60}},
+    discovery = {  # the shape of service/discovery.py: limits and choices beside the models
+        "source": "workers",
+        "models": [
+            {
+                "version": "v2.1",
+                "preset": "tiny",
+                "tasks": ["sr", "face"],
+                "samplers": {"edm_dpm++_3m_sde": ["s_noise"], "spaced": []},
+                "defaults": {"sampler": "edm_dpm++_3m_sde", "steps": 10, "cfg_scale": 6, "seed": None},
+            }
+        ],
+        "limits": {"steps": [1, 60], "upscale": [1, 8]},
+        "choices": {"task": ["sr", "face", "denoise"], "color_fix": ["wavelet", "none"]},
     }
     page.route("**/v1/models", lambda route: route.fulfill(json=discovery))
     page.goto("/")
@@ -494,6 +501,11 @@ def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browse
     assert (page.input_value("#steps"), page.get_attribute("#steps", "max")) == ("10", "60")
     assert page.input_value("#cfg_scale") == "6"
     assert page.get_attribute("#fidelity", "max") == "1"  # not in the document: from the schema
+    colour_fixes = page.eval_on_selector_all("#color_fix option", "options => options.map(o => o.value)")
+    assert colour_fixes == ["wavelet", "none"]  # from the document's choices
+    assert page.input_value("#seed") == ""  # a null default stays unset
+    note = page.locator("#model-note")
+    playwright_api.expect(note).to_contain_text("tiny preset: random weights, NOT a restoration model")
 
 
 @REDIS

@@ -32,14 +32,25 @@ $("#api_key").addEventListener("change", async (event) => {
 
 async function initOptions() {
   try {
-    const { options, source, retry } = await loadOptions();
+    const { options, source, retry, model } = await loadOptions();
     applyOptions(form, options);
+    showModel(model);
     retryOptions = Boolean(retry);
     form.dataset.optionsSource = source;
     showFidelity();
   } catch (error) {
     $("#form-error").textContent = `Could not load the options: ${error.message}`;
   }
+}
+/** Say which weights the server runs; the tiny preset is said loudly (its output is noise by design). */
+function showModel(model) {
+  const note = $("#model-note");
+  const tiny = model?.preset === "tiny";
+  note.hidden = !model?.version && !tiny;
+  note.classList.toggle("warning", tiny);
+  note.textContent = tiny
+    ? "This server runs the tiny preset: random weights, NOT a restoration model. Results are noise."
+    : `Weights: DiffBIR ${model?.version ?? ""}`;
 }
 const showFidelity = () => ($("#fidelity-value").textContent = Number($("#fidelity").value).toFixed(2));
 $("#fidelity").addEventListener("input", showFidelity);
