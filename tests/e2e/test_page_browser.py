@@ -258,6 +258,10 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     expect(item).to_be_visible()
     assert item.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96
     page.screenshot(path=artifact(f"page-tiny-preset-{stack.backend}.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 740})  # a phone: the result fits, no sideways scrolling
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.locator("#viewport").evaluate("el => el.getBoundingClientRect().right") <= 375
+    page.screenshot(path=artifact(f"page-phone-result-{stack.backend}.png"), full_page=True)
 
 
 @REDIS

@@ -172,6 +172,7 @@ form.addEventListener("submit", async (event) => {
     if (done.status === "succeeded") {
       await showResult(done, inputs.get(job.id));
       $("#status-text").textContent = "Done.";
+      $("#compare").scrollIntoView({ block: "nearest" }); // on a phone the result is below the form
     } else {
       const why = done.error ? `${done.error.message} (${done.error.code})` : done.status;
       $("#job-error").textContent = `The job ${done.status}: ${why}`;
