@@ -144,21 +144,25 @@ def open_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         api.stop()
 
 
-def allow_page_origin(stack: Stack) -> None:
-    """The CORS rule docs/api.md asks S3 deployments for: results may be read by the page's origin."""
+def s3_client(stack: Stack) -> Any:
     import boto3
 
     env = stack.env
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=env["DIFFBIR_S3_ENDPOINT_URL"],
         region_name="us-east-1",
         aws_access_key_id=env["DIFFBIR_S3_ACCESS_KEY_ID"],
         aws_secret_access_key=env["DIFFBIR_S3_SECRET_ACCESS_KEY"],
     )
+
+
+def allow_page_origin(stack: Stack) -> None:
+    """The CORS rule docs/api.md asks S3 deployments for: results may be read by the page's origin."""
     origin = f"http://127.0.0.1:{stack.api_port}"
     rule = {"AllowedOrigins": [origin], "AllowedMethods": ["GET"], "AllowedHeaders": ["*"]}
-    s3.put_bucket_cors(Bucket=env["DIFFBIR_S3_BUCKET"], CORSConfiguration={"CORSRules": [rule]})
+    bucket = stack.env["DIFFBIR_S3_BUCKET"]
+    s3_client(stack).put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
 
 
 def artifact(name: str) -> Path:
@@ -199,7 +203,7 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     stack: Stack, clean: Browser
 ) -> None:
     if stack.backend == "s3":
-        allow_page_origin(stack)
+        allow_page_origin(stack)  # what a real bucket needs (moto's server answers any origin anyway)
     page = open_page(clean)
     assert page.get_attribute("#restore-form", "data-options-source") in ("models", "openapi")
     assert page.locator("#sampler option").count() >= 2  # the vocabulary came from the server
@@ -546,3 +550,33 @@ def test_progress_comes_from_the_event_stream_and_polling_takes_over_when_it_bre
     playwright_api.expect(page.locator("#status-text")).to_have_text("Done.")
     via = page.get_attribute("#status-box", "data-via")
     assert via == ("events" if stream == "complete" else "polling")
+
+
+@REDIS
+def test_a_result_that_cannot_be_loaded_is_reported_as_such(clean: Browser) -> None:
+    """The job succeeds but fetching its result fails (here the API's answer when object storage refuses)."""
+    page = open_page(clean)
+    refused = {
+        "type": "urn:diffbir:problem:unavailable",
+        "title": "A backing service is unavailable",
+        "status": 503,
+        "detail": "object storage refused the request",
+        "code": "unavailable",
+    }
+    page.route(
+        "**/v1/jobs/*/result",
+        lambda route: route.fulfill(
+            status=503, json=refused, headers={"content-type": "application/problem+json"}
+        ),
+    )
+    page.fill("#api_key", KEY)
+    choose_file(page, "photo.png", sample_png(24, 16))
+    page.click("summary")
+    page.fill("#steps", "2")
+    page.click("#submit")
+    error = page.locator("#job-error")
+    playwright_api.expect(error).to_contain_text("succeeded; loading its result failed", timeout=120_000)
+    assert "A backing service is unavailable (503): object storage refused the request" in error.inner_text()
+    playwright_api.expect(page.locator("#status-text")).to_have_text(
+        "Finished, but the result could not be loaded."
+    )

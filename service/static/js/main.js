@@ -170,7 +170,15 @@ form.addEventListener("submit", async (event) => {
     showProgress(job);
     const done = await follow(job.id, showProgress);
     if (done.status === "succeeded") {
-      await showResult(done, inputs.get(job.id));
+      try {
+        await showResult(done, inputs.get(job.id));
+      } catch (error) {
+        // e.g. object storage without a CORS rule for this page (docs/api.md, "The page")
+        const why = error instanceof ApiError ? describe(error.problem) : error.message;
+        $("#status-text").textContent = "Finished, but the result could not be loaded.";
+        $("#job-error").textContent = `Job ${job.id} succeeded; loading its result failed: ${why}`;
+        return;
+      }
       $("#status-text").textContent = "Done.";
       $("#compare").scrollIntoView({ block: "nearest" }); // on a phone the result is below the form
     } else {
