@@ -261,6 +261,18 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     item = page.locator("#recent li button", has_text="succeeded").first
     expect(item).to_be_visible()
     assert item.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96
+    # Another tab with the same key: the server's list, thumbnails drawn from the results, one reopens.
+    other = open_page(clean)
+    other.fill("#api_key", KEY)
+    other.dispatch_event("#api_key", "change")
+    entry = other.locator(f"#recent button[aria-label^='Job {job_id}']")
+    expect(entry.locator("img")).to_be_visible()
+    assert entry.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96  # min(240, width)
+    entry.click()
+    expect(other.locator("#compare")).to_be_visible()
+    assert other.locator("#compare").evaluate("el => el.classList.contains('after-only')")  # no input here
+    assert other.locator("#after").evaluate("img => img.complete && img.naturalWidth") == 96
+    assert other.get_attribute("#download", "download") == f"{job_id}.png"
     page.screenshot(path=artifact(f"page-tiny-preset-{stack.backend}.png"), full_page=True)
     page.set_viewport_size({"width": 375, "height": 740})  # a phone: the result fits, no sideways scrolling
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
