@@ -592,3 +592,22 @@ def test_a_result_that_cannot_be_loaded_is_reported_as_such(clean: Browser) -> N
     playwright_api.expect(page.locator("#status-text")).to_have_text(
         "Finished, but the result could not be loaded."
     )
+
+
+@REDIS
+def test_an_image_can_be_dropped_or_pasted(clean: Browser) -> None:
+    page = open_page(clean)
+    make_file = """([name, w, h]) => {
+        const canvas = document.createElement('canvas'); canvas.width = w; canvas.height = h;
+        return new Promise(ok => canvas.toBlob(b => { const t = new DataTransfer();
+            t.items.add(new File([b], name, {type: 'image/png'})); ok(t); }, 'image/png'));
+    }"""
+    dropped = page.evaluate_handle(make_file, ["dropped.png", 30, 20])
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
+    playwright_api.expect(page.locator("#image-status")).to_contain_text("dropped.png: 30×20")
+    pasted = page.evaluate_handle(make_file, ["pasted.png", 12, 34])
+    page.evaluate(
+        "t => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: t, bubbles: true}))", pasted
+    )
+    playwright_api.expect(page.locator("#image-status")).to_contain_text("pasted.png: 12×34")
+    assert page.is_visible("#preview")

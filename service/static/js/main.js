@@ -58,12 +58,15 @@ for (const name of FIELDS) {
   form.elements.namedItem(name)?.addEventListener("input", (event) => (event.target.dataset.dirty = "1"));
 }
 
+// A prompt emptied on purpose is sent empty (the API keeps these); other empty fields mean "unset".
+const TEXT_FIELDS = ["prompt", "negative_prompt"];
+
 /** Only what the person changed: unset fields take the server's defaults (which may follow the weights). */
 function chosenFields() {
   const fields = {};
   for (const name of FIELDS) {
     const el = form.elements.namedItem(name);
-    if (el?.dataset.dirty && el.value !== "") fields[name] = el.value;
+    if (el?.dataset.dirty && (el.value !== "" || TEXT_FIELDS.includes(name))) fields[name] = el.value;
   }
   return fields;
 }
@@ -101,9 +104,11 @@ for (const type of ["dragenter", "dragover"]) {
   });
 }
 for (const type of ["dragleave", "drop"]) dropzone.addEventListener(type, () => dropzone.classList.remove("over"));
-dropzone.addEventListener("drop", (event) => {
+// A file dropped anywhere on the page is taken too (the browser would otherwise navigate away to it).
+document.addEventListener("dragover", (event) => event.preventDefault());
+document.addEventListener("drop", (event) => {
   event.preventDefault();
-  useImage(event.dataTransfer.files[0]);
+  useImage(event.dataTransfer?.files[0]);
 });
 document.addEventListener("paste", (event) => {
   const file = [...(event.clipboardData?.files || [])][0];
