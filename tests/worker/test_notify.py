@@ -167,3 +167,39 @@ def test_progress_and_redelivered_starts_queue_no_webhook(harness: Harness) -> N
     outbox = Outbox(harness.client, 30)
     first = outbox.claim()
     assert first is not None and first.event == "start" and outbox.claim() is None
+
+
+def test_sender_threads_survive_an_error_and_retry_after_the_lease(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.notify
+
+    receiver = Receiver()
+    real_deliver = worker.notify.deliver
+    calls: list[int] = []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_deliver(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.notify, "deliver", flaky)
+    try:
+        harness.ctx = harness.make_ctx(webhook_allow_private=True)
+        job = harness.submit(callback_url=receiver.url)
+        assert run_job(harness.ctx, job.id) == "succeeded"
+        outbox, send, outcomes = sender(
+            harness, webhook_timeout_s=0.5, webhook_lease_s=1.0, webhook_poll_interval_s=0.05
+        )
+        send.start()
+        try:
+            deadline = time.monotonic() + 15
+            while not outcomes and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            send.stop(timeout_s=5)
+        assert outcomes == ["delivered"] and len(calls) == 2 and len(receiver.requests) == 1
+        assert outbox.pending() == 0
+    finally:
+        receiver.close()
