@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -107,6 +107,21 @@ class Settings(BaseSettings):
     task_name: str = "diffbir.restore"
     broker_visibility_timeout_s: int = Field(3600, ge=1, description="Must exceed the task hard time limit.")
 
+    # --- Observability (docs/operations.md, "Traces and logs") ---
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text` for a terminal; `json`: one JSON object per line with job_id, request_id, "
+        "trace_id, worker_id, stage, duration and outcome fields, for a log pipeline.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Root log level of the API and the worker (case-insensitive)."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector base URL (e.g. `http://jaeger:4318`): traces are exported there. "
+        "The standard OTEL_EXPORTER_OTLP_ENDPOINT works too; unset = tracing off, at no cost.",
+    )
+
     # Worker-only settings (model, device, batching, time limits) live in worker.config.WorkerSettings.
 
     @model_validator(mode="after")
@@ -115,6 +130,11 @@ class Settings(BaseSettings):
             # Otherwise a slow but live attempt loses its lease and the webhook is sent twice at once.
             raise ValueError("webhook_lease_s must be greater than webhook_timeout_s")
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
 
     @property
     def auth_enabled(self) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 
+from common import telemetry
 from common.jobs import Job, JobStatus, utcnow
 from common.keys import WEBHOOKS_DUE_KEY, webhook_delivery_key
 from common.params import WEBHOOK_EVENTS
@@ -48,8 +49,8 @@ if redis.call('EXISTS', key) == 0 then
 end
 local attempt = redis.call('HINCRBY', key, 'attempt', 1)
 redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-local fields = redis.call('HMGET', key, 'url', 'event', 'job_id', 'body')
-return {id, attempt, fields[1], fields[2], fields[3], fields[4]}
+local fields = redis.call('HMGET', key, 'url', 'event', 'job_id', 'body', 'traceparent')
+return {id, attempt, fields[1], fields[2], fields[3], fields[4], fields[5]}
 """
 
 # KEYS: due zset, record. ARGV: attempt, next due ms ('' = remove), id. 1 = done, 0 = fenced off.
@@ -93,6 +94,11 @@ def queue_for_change(pipe: Any, before: JobStatus, job: Job, now: float | None =
     delivery_id = message_id(job.id, event)
     key = webhook_delivery_key(delivery_id)
     record = {"url": url, "event": event, "job_id": job.id, "body": payload(event, job), "attempt": 0}
+    # The sender's span joins the trace of whoever made the change (the worker's job span, or the request that
+    # canceled a queued job), else the job's own trace.
+    traceparent = telemetry.current_traceparent() or job.traceparent
+    if traceparent:
+        record["traceparent"] = traceparent
     pipe.hset(key, mapping=record)
     pipe.expire(key, RECORD_TTL_S)
     pipe.zadd(WEBHOOKS_DUE_KEY, {delivery_id: int((time.time() if now is None else now) * 1000)}, nx=True)
@@ -106,6 +112,7 @@ class Delivery:
     event: str
     job_id: str
     body: bytes
+    traceparent: str | None = None  # the trace the delivery's span joins (common.telemetry)
 
 
 class Outbox:
@@ -126,8 +133,11 @@ class Outbox:
                 return None
             if len(row) == 1:  # its record expired: dropped, look for the next
                 continue
-            delivery_id, attempt, url, event, job_id, body = row
-            return Delivery(_text(delivery_id), int(attempt), _text(url), _text(event), _text(job_id), body)
+            delivery_id, attempt, url, event, job_id, body, *rest = row
+            traceparent = _text(rest[0]) if rest and rest[0] else None
+            return Delivery(
+                _text(delivery_id), int(attempt), _text(url), _text(event), _text(job_id), body, traceparent
+            )
 
     def done(self, delivery: Delivery) -> bool:
         """Delivered or given up: forget it. False when a newer attempt owns it (this one was too slow)."""

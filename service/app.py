@@ -13,6 +13,7 @@ from common.settings import Settings, get_settings
 from service import events, job_list
 from service.app_state import Services
 from service.metrics import ApiMetrics, MetricsMiddleware
+from service.observability import install_observability
 from service.problems import install_problem_handlers
 from service.routes import api, ops
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_observability(app, settings)
     # Routes are added flat rather than with include_router: this FastAPI version dispatches an included
     # router as a nested branch, a second route match on every request (measurable on the status route).
     app.router.routes.extend([*api.routes, *job_list.router.routes, *events.router.routes, *ops.routes])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,11 @@ class Services:
         once the message is out, so the caller can tell the two apart and never fails a job that was sent.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.publisher, enqueue_restore, self.celery, self.settings, job_id)
+        # Run in a copy of the request's context, so the publish span (tracing on) joins the request's trace.
+        run = contextvars.copy_context().run
+        future = loop.run_in_executor(
+            self.publisher, run, enqueue_restore, self.celery, self.settings, job_id
+        )
         cancelled = False
         while not future.done():
             try:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 
 from fastapi.concurrency import run_in_threadpool
 
-from common import imaging
+from common import imaging, telemetry
 from common.blobstore import input_key
 from common.errors import (
     IdempotencyInProgressError,
@@ -31,10 +32,13 @@ from common.errors import (
 from common.formats import CONTENT_TYPES
 from common.idempotency import IdempotencyRecord
 from common.jobs import ErrorCode, InputInfo, Job, new_job_id, utcnow
+from common.logging_setup import bind
 from common.params import RestoreParams
 from common.webhooks import WebhookURLError, validate_callback_url
 from service.app_state import Services
 from service.quotas import admit
+
+log = logging.getLogger(__name__)
 
 ABANDONED_CLAIM_S = 300.0
 
@@ -92,10 +96,11 @@ async def submit(
     """Validate, store and enqueue one upload (or return the job an earlier request with the same key made).
 
     Without an Idempotency-Key the caller has already checked the queue depth (before reading the body)."""
-    if services.settings.submit_full_decode:  # decoding every pixel takes milliseconds: not on the loop
-        info = await run_in_threadpool(validate, services, image, params)
-    else:
-        info = validate(services, image, params)
+    with telemetry.span("validate upload", {"diffbir.upload_bytes": len(image)}):
+        if services.settings.submit_full_decode:  # decoding every pixel takes milliseconds: not on the loop
+            info = await run_in_threadpool(validate, services, image, params)
+        else:
+            info = validate(services, image, params)
     job = Job(
         id=new_job_id(),
         params=params,
@@ -108,6 +113,7 @@ async def submit(
         ),
         created_at=utcnow(),
         owner=owner,
+        traceparent=telemetry.current_traceparent(),
     )
     idempotency = services.idempotency
     if idempotency_key is not None:
@@ -128,7 +134,8 @@ async def submit(
             await idempotency.release(owner, idempotency_key, job.id)
         raise
     try:
-        await _store(services, job, image, CONTENT_TYPES[info.format])
+        with telemetry.span("store input", {"diffbir.job_id": job.id, "diffbir.upload_bytes": len(image)}):
+            await _store(services, job, image, CONTENT_TYPES[info.format])
     except BaseException:
         if idempotency_key is not None:
             await idempotency.release(owner, idempotency_key, job.id)
@@ -149,6 +156,8 @@ async def submit(
             await idempotency.release(owner, idempotency_key, job.id)
         raise
     services.metrics.jobs_submitted.labels(params.task).inc()
+    bind(job_id=job.id)
+    log.info("job accepted", extra={"job_id": job.id, "task": params.task, "outcome": "accepted"})
     return Submission(job=job, replayed=False, headers=quota_headers)
 
 

@@ -69,6 +69,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         ctx.metrics.busy.set(0)
         for execution in executions:
             ctx.metrics.job_duration.observe(time.monotonic() - execution.started)
+            execution.trace.finish("interrupted")  # no-op for a job that was settled
     return statuses[0]
 
 
@@ -77,13 +78,17 @@ def run_executions(ctx: WorkerContext, executions: list[Execution]) -> list[str]
     statuses: dict[str, str] = {}
     ready: list[Prepared] = []
     for execution in executions:
-        try:
-            ready.append((execution, *prepare(ctx, execution)))
-        except Exception as exc:  # settled now: a bad input need not wait for its batch mates' model call
-            statuses[execution.job.id] = settle(ctx, execution, exc)
+        with execution.trace.active():
+            try:
+                ready.append((execution, *prepare(ctx, execution)))
+            except Exception as exc:  # settled now: a bad input need not wait for its mates' model call
+                statuses[execution.job.id] = settle(ctx, execution, exc)
+                execution.trace.finish(statuses[execution.job.id])
     outcomes = run_model(ctx, ready)
     for (execution, _, _), outcome in zip(ready, outcomes, strict=True):
-        statuses[execution.job.id] = settle(ctx, execution, outcome)
+        with execution.trace.active():
+            statuses[execution.job.id] = settle(ctx, execution, outcome)
+            execution.trace.finish(statuses[execution.job.id])
     return [statuses[e.job.id] for e in executions]
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import redis
 
+from common import telemetry
+from common.logging_setup import log_context
 from common.settings import Settings
 from common.webhook_outbox import Delivery, Outbox
 from common.webhooks import deliver, host_of, signature_headers
@@ -64,10 +66,19 @@ class WebhookSender:
         delivery = self.outbox.claim(now)
         if delivery is None:
             return False
+        # The span names the event, never the URL (callback URLs often carry a token); it joins the trace of
+        # the change that queued the message, so one trace runs from the request to the webhook.
+        attributes = {"diffbir.job_id": delivery.job_id, "diffbir.event": f"job.{delivery.event}"}
+        parent = telemetry.context_of(delivery.traceparent)
+        with log_context(job_id=delivery.job_id), telemetry.span_under("webhook", parent, attributes):
+            self._try(delivery)
+        return True
+
+    def _try(self, delivery: Delivery) -> None:
         max_attempts = self.settings.webhook_max_retries + 1
         if delivery.attempt > max_attempts:  # earlier senders died during their tries: stop here
             self._give_up(delivery, f"{delivery.attempt - 1} attempts were lost")
-            return True
+            return
         s = self.settings
         secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
         headers = signature_headers(delivery.id, delivery.body, secret, int(time.time()))
@@ -81,6 +92,7 @@ class WebhookSender:
         )
         if result.delivered:
             if self.outbox.done(delivery):
+                log.info("webhook delivered", extra={"outcome": "delivered", "attempts": delivery.attempt})
                 self.on_outcome("delivered")
         elif result.retryable and delivery.attempt < max_attempts:
             delay = min(MAX_BACKOFF_S, s.webhook_backoff_s * 2 ** (delivery.attempt - 1))
@@ -95,7 +107,6 @@ class WebhookSender:
             self.outbox.retry_at(delivery, time.time() + delay)
         else:
             self._give_up(delivery, result.error or "")
-        return True
 
     def _give_up(self, delivery: Delivery, why: str) -> None:
         # The host only: callback URLs often carry a token in their path or query.
@@ -105,6 +116,7 @@ class WebhookSender:
             host_of(delivery.url),
             delivery.attempt,
             why,
+            extra={"outcome": "failed", "attempts": delivery.attempt},
         )
         if self.outbox.done(delivery):
             self.on_outcome("failed")
