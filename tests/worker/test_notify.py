@@ -203,3 +203,24 @@ def test_sender_threads_survive_an_error_and_retry_after_the_lease(
         assert outbox.pending() == 0
     finally:
         receiver.close()
+
+
+def test_outbox_gauge_reads_redis_at_scrape_time(harness: Harness) -> None:
+    from worker.metrics import WorkerMetrics, watch_outbox
+
+    metrics = WorkerMetrics()
+    outbox = Outbox(harness.client, 30)
+    watch_outbox(metrics.webhook_outbox, outbox.pending)
+    name = "diffbir_worker_webhook_outbox_messages"
+    assert metrics.registry.get_sample_value(name) == 0
+    harness.ctx = harness.make_ctx(webhook_allow_private=True)
+    job = harness.submit(callback_url="http://127.0.0.1:9/hook")
+    assert run_job(harness.ctx, job.id) == "succeeded"
+    assert metrics.registry.get_sample_value(name) == 1
+
+    def down() -> int:
+        raise redis.ConnectionError("redis away")
+
+    watch_outbox(metrics.webhook_outbox, down)
+    value = metrics.registry.get_sample_value(name)
+    assert value is not None and value != value  # NaN, and the scrape itself still works
