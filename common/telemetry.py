@@ -119,6 +119,16 @@ def child_span(name: str, attributes: Mapping[str, Any] | None = None) -> Abstra
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
+def span_under(
+    name: str, parent: Context | None, attributes: Mapping[str, Any] | None = None
+) -> AbstractContextManager[Any]:
+    """Like ``span`` but under a stored remote ``parent`` (``context_of``) instead of the current span; a new
+    trace when ``parent`` is None."""
+    if _tracer is None:
+        return _OFF
+    return _tracer.start_as_current_span(name, context=parent, attributes=attributes)
+
+
 def start_span(
     name: str, parent: Context | None = None, attributes: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> Span | None:

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from common.settings import Settings, get_settings
+from service import events, job_list
 from service.app_state import Services
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.observability import install_observability
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Asynchronous blind image restoration with DiffBIR.
 
-Submit an image with `POST /v1/restore`, poll `GET /v1/jobs/{id}`, fetch `GET /v1/jobs/{id}/result`.
+Submit an image with `POST /v1/restore`, poll `GET /v1/jobs/{id}` (or follow `GET /v1/jobs/{id}/events`),
+fetch `GET /v1/jobs/{id}/result`; `GET /v1/jobs` lists your jobs.
 Errors are `application/problem+json` with a stable `code`. When API keys are configured, send
 `Authorization: Bearer <key>`; a key sees only its own jobs.
 """
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_observability(app, settings)
     # Routes are added flat rather than with include_router: this FastAPI version dispatches an included
     # router as a nested branch, a second route match on every request (measurable on the status route).
-    app.router.routes.extend([*api.routes, *ops.routes])
+    app.router.routes.extend([*api.routes, *job_list.router.routes, *events.router.routes, *ops.routes])
     _document_bearer_auth(app, enabled=bool(settings.api_keys))
     return app
 
