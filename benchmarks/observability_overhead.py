@@ -5,7 +5,9 @@
    so the middleware is not drowned in socket time): bare app vs + middleware (text logs: no access line)
    vs + middleware with the JSON access line (written to a null stream) vs + tracing on (FastAPI
    instrumentation, spans into a processor that drops them).
-2. The worker's per-step hook (``JobTrace.stage`` as the sampler calls it every step, tracing off) vs an
+2. One access-style log line through our handler, text vs JSON (JSON mode replaces uvicorn's text access
+   line with the middleware's JSON one, so their difference is what JSON costs per request).
+3. The worker's per-step hook (``JobTrace.stage`` as the sampler calls it every step, tracing off) vs an
    empty function, and ``telemetry.span`` off vs ``contextlib.nullcontext()``.
 
     .venv/bin/python benchmarks/observability_overhead.py [--requests 20000] [--json out.json]
@@ -145,10 +147,24 @@ def main() -> None:
     span_off = min(per_call(lambda: telemetry.span("x"), n) for _ in range(args.rounds))
     null = min(per_call(contextlib.nullcontext, n) for _ in range(args.rounds))
 
+    lines = {}
+    for fmt in ("text", "json"):
+        logger = logging.getLogger(f"bench.{fmt}")
+        logger.addHandler(make_handler(Settings(log_format=fmt), "api", stream=io.StringIO()))
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        fields = {"method": "GET", "route": "/v1/jobs/{job_id}", "status": 200, "duration_s": 0.001}
+
+        def line(logger: logging.Logger = logger, fields: dict[str, Any] = fields) -> None:
+            logger.info('127.0.0.1:1 - "GET /v1/jobs/j_x HTTP/1.1" 200', extra=fields)
+
+        lines[fmt] = min(per_call(line, args.requests) for _ in range(args.rounds))
+
     base = best["bare"]
     result = {
         "api_us_per_request": {k: round(v * 1e6, 2) for k, v in best.items()},
         "api_ratio_to_bare": {k: round(v / base, 3) for k, v in best.items()},
+        "log_line_us": {k: round(v * 1e6, 2) for k, v in lines.items()},
         "worker_step_hook_ns": round(hook * 1e9, 1),
         "empty_call_ns": round(empty * 1e9, 1),
         "span_off_ns": round(span_off * 1e9, 1),
