@@ -4,7 +4,8 @@
    header, log context) around a minimal FastAPI route, called straight through ASGI (no server, no client,
    so the middleware is not drowned in socket time): bare app vs + middleware (text logs: no access line)
    vs + middleware with the JSON access line (written to a null stream) vs + tracing on (FastAPI
-   instrumentation, spans into a processor that drops them).
+   instrumentation; spans made, none exported), for a sampled and an unsampled request, and with FastAPI's
+   own telemetry (``FastAPI(telemetry=...)``) in place of the instrumentation, for comparison.
 2. One access-style log line through our handler, text vs JSON (JSON mode replaces uvicorn's text access
    line with the middleware's JSON one, so their difference is what JSON costs per request).
 3. The worker's per-step hook (``JobTrace.stage`` as the sampler calls it every step, tracing off) vs an
@@ -41,8 +42,14 @@ from service.observability import RequestContextMiddleware  # noqa: E402
 from worker.job_trace import JobTrace  # noqa: E402
 
 
-def make_app(middleware: bool, access_log: bool = False, traced: bool = False) -> FastAPI:
-    app = FastAPI()
+def make_app(
+    middleware: bool, access_log: bool = False, traced: bool = False, native: bool = False
+) -> FastAPI:
+    if native:  # FastAPI's own telemetry (FastAPI >= 0.165) instead of opentelemetry-instrumentation-fastapi
+        config = {"metrics": False, "logs": False, "operation_spans": False}
+        app = FastAPI(telemetry={"tracer_provider": telemetry.provider(), **config})  # type: ignore[typeddict-item]
+    else:
+        app = FastAPI()
 
     @app.get("/v1/jobs/{job_id}")
     async def job(job_id: str) -> Response:
@@ -116,7 +123,11 @@ def main() -> None:
 
     # Traced variants: spans are made and ended but no processor exports them (the exporter's batching runs
     # on its own thread); "unsampled" is a request the sampler drops (OTEL_TRACES_SAMPLER ratio).
-    providers = {"traced_json": TracerProvider(), "traced_unsampled_json": TracerProvider(sampler=ALWAYS_OFF)}
+    providers = {
+        "traced_json": TracerProvider(),
+        "traced_unsampled_json": TracerProvider(sampler=ALWAYS_OFF),
+        "traced_fastapi_native_json": TracerProvider(),
+    }
     variants: dict[str, FastAPI] = {
         "bare": make_app(False),
         "request_context_text": make_app(True, access_log=False),
@@ -124,7 +135,8 @@ def main() -> None:
     }
     for name, provider in providers.items():
         telemetry.install(provider)
-        variants[name] = make_app(True, access_log=True, traced=True)
+        native = name == "traced_fastapi_native_json"
+        variants[name] = make_app(True, access_log=True, traced=not native, native=native)
     telemetry.uninstall()
     best: dict[str, float] = {}
     for _ in range(args.rounds):
