@@ -14,6 +14,7 @@ from service import events, job_list
 from service.app_state import Services
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.observability import install_observability
+from service.page import install_page
 from service.problems import install_problem_handlers
 from service.routes import api, ops
 
@@ -48,8 +49,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await services.aclose()
 
+    # The docs pages are served by service.page with local assets (FastAPI's own load from a CDN).
     app = FastAPI(
-        title="DiffBIR restoration API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
+        title="DiffBIR restoration API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     install_problem_handlers(app)
@@ -58,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routes are added flat rather than with include_router: this FastAPI version dispatches an included
     # router as a nested branch, a second route match on every request (measurable on the status route).
     app.router.routes.extend([*api.routes, *job_list.router.routes, *events.router.routes, *ops.routes])
+    install_page(app, settings)
     _document_bearer_auth(app, enabled=bool(settings.api_keys))
     return app
 
