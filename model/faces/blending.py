@@ -5,7 +5,7 @@ always builds the square soft mask and, with a face parser, takes the smaller of
 Per face: warp the crop back with the inverse of its alignment; warp a square of ones the same way and erode
 it 2 px (no black rim from the warp); erode it again by a tenth of the face's side and blur it over the same
 width, so the face fades into the background; blend. Faces are blended one after another in float and the
-result is truncated to uint8 once, as upstream does.
+result is converted to uint8 once, as upstream does.
 """
 
 from __future__ import annotations
@@ -60,4 +60,6 @@ def paste_faces(background: np.ndarray, faces: list[RestoredFace]) -> np.ndarray
             mask = np.minimum(mask, region)
         alpha = mask[..., None].astype(np.float64)
         out = alpha * (inside[..., None] * warped) + (1 - alpha) * out
-    return out.astype(np.uint8)
+    # Rounded where upstream truncates: truncation turns the blur's float residue far from a face (alpha of
+    # about 1e-7) into background pixels one level darker.
+    return np.rint(out).clip(0, 255).astype(np.uint8)

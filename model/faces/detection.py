@@ -8,6 +8,7 @@ worker never reaches the network. The settings are those of upstream DiffBIR's u
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from model.checkpoints import load_state_dict, load_strict
+from model.checkpoints import fill_batchnorm_counters, load_state_dict, load_strict
 
 CONF_THRESHOLD = 0.97  # FaceRestoreHelper.get_face_landmarks_5
 DETECT_SHORT_EDGE = 640  # upstream's resize=640: detect on a copy whose short side is 640 px
@@ -47,17 +48,20 @@ class FaceDetector(Protocol):
 
 def build_retinaface(device: torch.device | str = "cpu") -> torch.nn.Module:
     """facexlib's RetinaFace-ResNet50 network with untrained weights, in eval mode (`load_retinaface` fills
-    it). torchvision warns that facexlib still passes `pretrained=False`; the net is the same."""
+    it)."""
     from facexlib.detection.retinaface import RetinaFace
 
-    return RetinaFace(network_name="resnet50", half=False, device=torch.device(device)).eval()
+    with warnings.catch_warnings():  # facexlib still passes torchvision's deprecated `pretrained=False`
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        return RetinaFace(network_name="resnet50", half=False, device=torch.device(device)).eval()
 
 
 def load_retinaface(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The detector from an official `detection_Resnet50_Final.pth` (a `module.`-prefixed file loads too,
     as facexlib strips that prefix), strictly: a file that does not fit names the keys that differ."""
     net = build_retinaface("cpu")
-    load_strict(net, load_state_dict(path), "RetinaFace-ResNet50 (detection_Resnet50_Final.pth)")
+    sd = fill_batchnorm_counters(net, load_state_dict(path))
+    load_strict(net, sd, "RetinaFace-ResNet50 (detection_Resnet50_Final.pth)")
     net.device = torch.device(device)  # facexlib builds its input tensors on `net.device`
     net.mean_tensor = net.mean_tensor.to(device)
     return net.to(device).eval().requires_grad_(False)

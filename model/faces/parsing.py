@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from model.checkpoints import load_state_dict, load_strict
+from model.checkpoints import fill_batchnorm_counters, load_state_dict, load_strict
 
 PARSE_SIZE = 512  # ParseNet's input and output size
 # CelebAMask-HQ classes left OUT of the face region: background, neck, cloth, hair, hat.
@@ -40,7 +40,8 @@ class FaceParser:
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> FaceParser:
         """From an official `parsing_parsenet.pth`, strictly."""
         net = build_parsenet()
-        load_strict(net, load_state_dict(path), "ParseNet (parsing_parsenet.pth)")
+        sd = fill_batchnorm_counters(net, load_state_dict(path))
+        load_strict(net, sd, "ParseNet (parsing_parsenet.pth)")
         return cls(net, device)
 
     @torch.no_grad()
