@@ -18,6 +18,7 @@ from model.faces.blending import RestoredFace, footprint, paste_faces, soft_mask
 from model.faces.detection import Face, RetinaFaceDetector, build_retinaface, load_retinaface
 from model.faces.parsing import BORDER_PX, FaceParser, build_parsenet
 from model.faces.unaligned import MAX_FACES, largest_faces
+from model.weights import REGISTRY
 
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
@@ -168,6 +169,17 @@ DETECTOR_KEYS = {
     "LandmarkHead.1.conv1x1.weight": (20, 256, 1, 1),
 }
 PARSER_KEYS = {"encoder.0.conv2d.weight": (64, 3, 3, 3), "out_mask_conv.conv2d.weight": (19, 64, 3, 3)}
+
+
+def test_registry_has_the_files_facexlib_fetches() -> None:
+    """Same URLs (hence file names) as facexlib's own loaders, so its release files are what we load."""
+    import inspect
+
+    from facexlib.detection import init_detection_model
+    from facexlib.parsing import init_parsing_model
+
+    assert f"'{REGISTRY['retinaface_resnet50'].url}'" in inspect.getsource(init_detection_model)
+    assert f"'{REGISTRY['parsenet'].url}'" in inspect.getsource(init_parsing_model)
 
 
 def test_retinaface_loads_strictly_from_the_official_layout(face_weight_files: Path) -> None:
