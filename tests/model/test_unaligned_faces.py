@@ -101,8 +101,8 @@ def test_tiny_preset_uses_the_centred_stand_in_detector() -> None:
     (face,) = pipe.faces.detector.detect(np.zeros((80, 120, 3), np.uint8))
     aligned = align_face(np.zeros((80, 120, 3), np.uint8), face.landmarks, 64)
     # The stand-in's face fills half the short side, centred: its crop is that square, scaled to 64 px.
-    np.testing.assert_allclose(aligned.affine[:, :2], np.eye(2) * 64 / 40, atol=1e-6)
-    np.testing.assert_allclose(aligned.affine[:, 2], [-40 * 64 / 40, -20 * 64 / 40], atol=1e-6)
+    np.testing.assert_allclose(aligned.affine[:, :2], np.eye(2) * 64 / 40, atol=1e-4)
+    np.testing.assert_allclose(aligned.affine[:, 2], [-40 * 64 / 40, -20 * 64 / 40], atol=1e-3)
 
 
 def test_v1_has_no_unaligned_face() -> None:
