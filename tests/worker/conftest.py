@@ -11,7 +11,6 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -76,6 +75,7 @@ class ScriptedPipeline:
             peak_memory_bytes=None,
             seed=options.seed or 0,
             sampler_steps=options.steps,
+            faces=None,  # RestoreResult's face count: only unaligned_face jobs have one
         )
 
     def restore_batch(
@@ -183,7 +183,6 @@ class Harness:
             pipeline=self.pipeline,
             options_factory=SimpleNamespace,
             metrics=WorkerMetrics(),
-            webhook_pool=ThreadPoolExecutor(1),
             exit_process=self.exits.append,
         )
 
@@ -210,4 +209,3 @@ def sample(harness: Harness, name: str, **labels: str) -> float:
 def harness(redis_client: redis.Redis, redis_url: str) -> Iterator[Harness]:
     h = Harness(redis_client, redis_url)
     yield h
-    h.ctx.webhook_pool.shutdown(wait=True)
