@@ -293,6 +293,8 @@ def cold_start_child(small: bool, cache_file: str) -> dict[str, Any]:
     torch.set_grad_enabled(False)
     sz = SMALL if small else H200
     device = torch.device("cpu" if small else "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as in the parent process
     pipe = make_pipeline(
         "tiny" if small else "full",
         device,

@@ -33,23 +33,20 @@ from model.stage1 import build_stage1
 from model.tiling import num_tiles
 
 
-def best_of(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
-    """Best wall time of `repeats` calls after one warm-up, and the last output."""
-    out = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def compare(
     name: str, seq: Callable[[], torch.Tensor], bat: Callable[[], torch.Tensor], repeats: int
-) -> dict:
-    """Sequential and batched interleaved in one run (same load, same warm caches)."""
-    t_seq, y_seq = best_of(seq, repeats)
-    t_bat, y_bat = best_of(bat, repeats)
+) -> dict[str, Any]:
+    """Sequential and batched alternated in one run (same load, same warm caches): one warm-up each, then
+    the best of `repeats` timed calls each, in turns, so a load change hits both alike."""
+    y_seq, y_bat = seq(), bat()
+    t_seq = t_bat = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        y_seq = seq()
+        t_seq = min(t_seq, time.perf_counter() - start)
+        start = time.perf_counter()
+        y_bat = bat()
+        t_bat = min(t_bat, time.perf_counter() - start)
     entry = {
         "sequential_s": t_seq,
         "batched_s": t_bat,

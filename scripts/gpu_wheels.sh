@@ -3,9 +3,9 @@
 # safetensors, huggingface-hub, timm, regex, pillow ... but not these). Versions: constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pin() { grep -i "^$1==" constraints.txt | head -1; }
+pin() { grep -i "^${1//-/[-_]}==" constraints.txt | head -1; }
 mkdir -p .whl
-for name in diffusers importlib_metadata open_clip_torch spandrel ftfy wcwidth torchao; do
+for name in diffusers importlib_metadata lazy-importer open_clip_torch spandrel ftfy wcwidth torchao; do
     spec=$(pin "$name")
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
