@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.faults import fault_point
 from common.jobs import Job, JobStatus
 from common.webhooks import deliver
 from worker.context import WorkerContext
@@ -27,6 +28,7 @@ def send_webhook(ctx: WorkerContext, job: Job) -> bool:
     s = ctx.settings
     assert job.params.callback_url is not None
     secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    fault_point("during_webhook")
     result = deliver(
         job.params.callback_url,
         webhook_payload(job),
