@@ -98,9 +98,11 @@ def run_executions(ctx: WorkerContext, executions: list[Execution]) -> list[str]
 def _abandon(ctx: WorkerContext, executions: list[Execution], mates: list[Job], exc: Exception) -> None:
     """``run_executions`` raised: make sure no job of the batch stays ``running`` with no message left.
 
-    Transient (storage away beyond the retries): the task requeues the first job's message; the mates'
-    parked messages go back to the queue too, so every job runs again. Anything else is a bug: every job
-    that has not ended is failed ``internal`` (the message is acked, nothing would run it again).
+    Transient (storage away beyond the retries): the task requeues the first job's message (and it is
+    handed back through the outbox); the mates' parked messages go back to the queue too, so every job runs
+    again; if Redis is still away, the lease thread hands them all back once it returns. Anything else is a
+    bug: every job that has not ended is failed ``internal`` (the message is acked, nothing would run it
+    again).
     """
     if is_transient(exc):
         try:
@@ -108,7 +110,11 @@ def _abandon(ctx: WorkerContext, executions: list[Execution], mates: list[Job], 
                 for mate in mates:
                     ctx.batcher.requeue(mate.id)
             if ctx.ownership is not None:
-                for execution in executions:
+                # The first job goes back through the outbox too, not only the task's requeue: if that
+                # reject never reaches the broker, the outbox sweep still finds the job (a duplicate is
+                # refused by the claim).
+                ctx.ownership.hand_back(executions[0].job.id)
+                for execution in executions[1:]:
                     ctx.ownership.release(execution.job.id)
         except redis.RedisError as err:  # still down: the lease thread hands them back once Redis returns
             log.error("could not requeue the batch of %s: %s", executions[0].job.id, err)

@@ -64,15 +64,21 @@ def test_job_unrecorded_through_an_outage_is_handed_back_when_redis_returns(
     def storage_gone(*_args: object) -> list[str]:
         raise redis.ConnectionError("Connection refused")
 
-    def release_fails(_job_id: str) -> None:
-        raise redis.ConnectionError("Connection refused")
+    redis_down = {"now": True}
+    real_hand_back = harness.ctx.ownership.hand_back
+
+    def hand_back(job_id: str, holder: str | None = None) -> bool:
+        if redis_down["now"]:
+            raise redis.ConnectionError("Connection refused")
+        return real_hand_back(job_id, holder)
 
     monkeypatch.setattr(lifecycle, "run_executions", storage_gone)
-    monkeypatch.setattr(harness.ctx.ownership, "release", release_fails)
+    monkeypatch.setattr(harness.ctx.ownership, "hand_back", hand_back)
     with pytest.raises(redis.ConnectionError):
         lifecycle.run_job(harness.ctx, job.id)
     assert harness.ctx.hand_back_later == {job.id}
     assert harness.client.get(OWNER_PREFIX + job.id) == me.encode()  # still "running" on a live worker
+    redis_down["now"] = False
     runner.hand_back_later(harness.ctx)  # the lease thread's next tick, Redis being back
     assert published == [job.id] and harness.ctx.hand_back_later == set()
     assert not harness.client.exists(OWNER_PREFIX + job.id)
