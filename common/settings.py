@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         "store and Celery broker ask them for the current master of redis_sentinel_master (the database, "
         "username and password still come from redis_url). Empty = connect to redis_url directly.",
     )
-    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_master: str = Field("mymaster", description="The master's name the sentinels monitor.")
 
     # --- Blob storage ---
     storage_backend: Literal["redis", "s3"] = "redis"
