@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 BENCH_DIR := .bench
 
-.PHONY: help setup test lint lint-deploy demo bench chaos settings-table
+.PHONY: help setup test lint lint-deploy demo bench chaos settings-table prometheus-rule
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,3 +36,6 @@ chaos: setup  ## chaos run: 40 jobs under kill -9 of workers and the API, Redis 
 
 settings-table:  ## regenerate the configuration table in README.md
 	$(PY) scripts/settings_table.py --write
+
+prometheus-rule:  ## regenerate the k8s PrometheusRule from deploy/prometheus/rules
+	$(PY) scripts/prometheus_rule.py --write

@@ -6,10 +6,15 @@ meantime, so a cancel and a finish can never both win. Finished jobs are kept ``
 finish. Writes of a worker's attempt carry its number (``attempt``) and are refused once a newer attempt has
 taken the job over (fencing).
 
-The outbox (``diffbir:outbox``) is written in the same transaction as the job: a job is in it from its
-creation until a worker claims it (or it ends), so a job whose broker message was never published or got lost
-is found and republished (``worker.outbox``). ``claim`` is the worker's one atomic step from "delivered" to
-"mine": status running, attempts + 1, ownership recorded, out of the outbox.
+The job outbox (``diffbir:outbox``; not the webhook outbox) is written in the same transaction as the job: a
+job is in it from its creation until a worker claims it (or it ends), so a job whose broker message was never
+published or got lost is found and republished (``worker.outbox``). ``claim`` is the worker's one atomic step
+from "delivered" to "mine": status running, attempts + 1, ownership recorded, out of the job outbox.
+
+Every write of a document also queues, in the same MULTI, what follows from it: the entry of the job's event
+stream (``common.progress_events``), the release of its owner's active-job slot when it ends
+(``common.quotas``) and the webhook message its new status causes (``common.webhook_outbox``). So none of
+them can be lost or sent for a change that did not happen, whichever process made the change.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from redis.client import Pipeline
 from common.errors import JobStateError
 from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
 from common.keys import HOLDERS_KEY, OUTBOX_KEY, cancel_key, held_key, job_key, lease_key, owner_key
+from common.progress_events import queue_event
+from common.quotas import queue_release
 from common.settings import Settings
+from common.webhook_outbox import queue_for_change
 
 _MAX_TX_RETRIES = 50
 
@@ -70,6 +78,7 @@ class JobStore:
         def act(pipe: Pipeline, job: Job) -> None:
             if job.status not in allowed:
                 raise JobStateError(f"job {job_id} is {job.status}")
+            before = job.status
             mutate(job)
             pipe.multi()
             if job.status is not JobStatus.queued:
@@ -80,8 +89,16 @@ class JobStore:
                 pipe.delete(cancel_key(job_id))
             else:
                 pipe.set(key, job.to_redis(), keepttl=True)
+            self._queue_consequences(pipe, before, job)
 
         return self._atomically(job_id, act)
+
+    def _queue_consequences(self, pipe: Pipeline, before: JobStatus, job: Job) -> None:
+        """What a written change implies, queued in its MULTI (see the module docstring)."""
+        queue_event(pipe, job, status_changed=job.status is not before, ttl_s=self.ttl)
+        if job.status.terminal and not before.terminal:
+            queue_release(pipe, job.owner, job.id)
+        queue_for_change(pipe, before, job)
 
     def _atomically(self, job_id: str, act: Callable[[Pipeline, Job], None]) -> Job | None:
         """Read the job under WATCH, let ``act`` check it and queue its writes (after ``pipe.multi()``), and
@@ -139,12 +156,14 @@ class JobStore:
                         owner = _text(pipe.get(owner_name))
                         if owner and owner != worker_id and pipe.exists(lease_key(owner)):
                             return Claim(None, f"running on live worker {owner}")
+                    before = job.status
                     job.status = JobStatus.running
                     job.started_at = job.started_at or utcnow()
                     job.attempts += 1
                     pipe.multi()
                     pipe.set(key, job.to_redis(), keepttl=True)
                     pipe.zrem(OUTBOX_KEY, job_id)
+                    self._queue_consequences(pipe, before, job)
                     if worker_id is not None:
                         pipe.set(owner_name, worker_id, ex=owner_ttl_s or self.ttl)
                         pipe.sadd(held_key(worker_id), job_id)
@@ -240,6 +259,7 @@ class JobStore:
                 _cancel_now(job)
                 pipe.set(key, job.to_redis(), ex=self.ttl)
                 pipe.zrem(OUTBOX_KEY, job_id)
+                self._queue_consequences(pipe, JobStatus.queued, job)
             else:
                 pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
 

@@ -6,11 +6,18 @@ Per client: ``idem:{owner}:{hash}`` (Idempotency-Key -> job id). Per worker (pru
 reaping): ``workers`` (zset worker id -> last heartbeat), ``holders`` and ``held:{worker}`` (jobs a worker
 holds), ``lease:{worker}`` (expires unless its worker renews it: how a dead worker is noticed),
 ``reaping:{worker}`` (one reaper of a dead worker at a time), ``batch:parked_workers`` and
-``batch:parked:{worker}`` (batch mates' broker messages). ``outbox`` (zset job id -> last publish time) holds
-the jobs that must have a broker message (queued ones, handed-back ones) until a worker claims them;
-``outbox:sweeping`` elects the one worker that republishes the orphans among them. Otherwise there are no
-lists of jobs: a job is found by its unguessable id only, so nothing grows without bound. The broker's own
-lists belong to kombu (common.queue).
+``batch:parked:{worker}`` (batch mates' broker messages). ``outbox`` (zset job id -> last publish time; the
+job outbox, not the webhook one) holds the jobs that must have a broker message (queued ones, handed-back
+ones) until a worker claims them; ``outbox:sweeping`` elects the one worker that republishes the orphans
+among them. The broker's own lists belong to kombu (common.queue).
+
+Per job, for live progress: ``events:{id}`` (a stream of its changes, capped and expiring with the job).
+Per owner (``common.job_index``, ``common.quotas``): ``jobs:{owner}`` (zset job id -> creation time, the
+list route; pruned lazily and by age, and expiring when unused), ``active:{owner}`` (zset of its queued and
+running jobs -> slot expiry), ``submits:{owner}`` (zset, the sliding window of its recent submissions).
+Webhooks (``common.webhook_outbox``): ``webhooks:due`` (zset delivery id -> when due or when its lease ends)
+and ``webhook:{id}`` (the delivery record). Nothing grows without bound: every per-job or per-owner key
+expires, and the outbox entries are removed once delivered or given up.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ HOLDERS_KEY = f"{KEY_PREFIX}holders"
 PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
 OUTBOX_KEY = f"{KEY_PREFIX}outbox"
 OUTBOX_SWEEP_LOCK_KEY = f"{KEY_PREFIX}outbox:sweeping"
+WEBHOOKS_DUE_KEY = f"{KEY_PREFIX}webhooks:due"
 
 OWNER_PREFIX = f"{KEY_PREFIX}owner:"
 HELD_PREFIX = f"{KEY_PREFIX}held:"
@@ -67,3 +75,23 @@ def parked_key(worker_id: str) -> str:
 
 def lease_key(worker_id: str) -> str:
     return LEASE_PREFIX + worker_id
+
+
+def events_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}events:{job_id}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    return f"{KEY_PREFIX}jobs:{owner}"
+
+
+def active_jobs_key(owner: str) -> str:
+    return f"{KEY_PREFIX}active:{owner}"
+
+
+def submits_key(owner: str) -> str:
+    return f"{KEY_PREFIX}submits:{owner}"
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    return f"{KEY_PREFIX}webhook:{delivery_id}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +20,7 @@ from worker.config import WorkerSettings
 from worker.heartbeat import Heartbeat
 from worker.lease import LeaseKeeper
 from worker.metrics import WorkerMetrics
+from worker.notify import WebhookSender
 from worker.outbox import OutboxSweeper
 from worker.recovery import Ownership
 
@@ -65,9 +65,7 @@ class WorkerContext:
     pipeline: RestorePipeline
     options_factory: OptionsFactory
     metrics: WorkerMetrics
-    webhook_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="diffbir-webhook")
-    )
+    webhooks: WebhookSender | None = None  # None: this process sends no webhooks (others do)
     heartbeat: Heartbeat | None = None
     batcher: Batcher | None = None  # None: batching off
     ownership: Ownership | None = None  # None: lost jobs wait for the broker's visibility timeout

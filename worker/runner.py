@@ -20,13 +20,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
 from common.blobstore import make_blobstore
 from common.connections import connect
 from common.job_store import JobStore
+from common.webhook_outbox import Outbox
 from common.workers import WorkerRegistry
 from worker.batching import Batcher
 from worker.config import WorkerSettings, get_worker_settings
@@ -35,6 +35,7 @@ from worker.heartbeat import Heartbeat
 from worker.lease import LeaseKeeper
 from worker.loading import load_pipeline
 from worker.metrics import WorkerMetrics, get_metrics
+from worker.notify import WebhookSender
 from worker.outbox import OutboxSweeper
 from worker.recovery import Ownership, Publish
 
@@ -86,8 +87,11 @@ def build_context(
         pipeline=pipeline,
         options_factory=options_factory,
         metrics=metrics,
-        webhook_pool=ThreadPoolExecutor(
-            settings.worker_webhook_threads, thread_name_prefix="diffbir-webhook"
+        webhooks=WebhookSender(
+            Outbox(client, settings.webhook_lease_s),
+            settings,
+            lambda outcome: metrics.webhooks.labels(outcome=outcome).inc(),
+            settings.worker_webhook_threads,
         ),
         model_load_s=load_s,
     )
@@ -148,6 +152,8 @@ def mark_ready(publish: Publish) -> None:
     ctx.lease.start()
     ctx.heartbeat = Heartbeat(ctx.workers, ctx.settings.worker_id, ctx.settings.worker_heartbeat_interval_s)
     ctx.heartbeat.start()
+    if ctx.webhooks is not None:
+        ctx.webhooks.start()
     log.info(
         "worker %s ready; heartbeating every %.1fs, lease %.1fs",
         ctx.settings.worker_id,
@@ -236,7 +242,7 @@ def _stop_beating(ctx: WorkerContext) -> None:
 
 
 def shutdown() -> None:
-    """worker_shutdown: drop the lease, deregister, and give in-flight webhooks a chance to finish."""
+    """worker_shutdown: drop the lease, deregister, and stop sending webhooks."""
     global _shutdown_timer
     if _context is None:
         return
@@ -244,7 +250,9 @@ def shutdown() -> None:
         _shutdown_timer.cancel()
         _shutdown_timer = None
     _stop_beating(_context)
-    _context.webhook_pool.shutdown(wait=True, cancel_futures=False)
+    if _context.webhooks is not None:
+        # A POST in flight may finish; one cut short is retried by another worker once its lease ends.
+        _context.webhooks.stop(timeout_s=_context.settings.webhook_timeout_s + 1)
 
 
 def context(publish: Publish) -> WorkerContext:

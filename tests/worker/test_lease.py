@@ -102,7 +102,6 @@ def test_shutdown_past_its_grace_hands_back_and_exits(
     assert harness.exits == [0]
     assert published == [job.id]
     assert not harness.client.exists(OWNER_PREFIX + job.id)
-    ctx.webhook_pool.shutdown(wait=True)
 
 
 def test_shutdown_within_its_grace_cancels_the_hand_back(
