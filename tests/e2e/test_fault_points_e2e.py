@@ -67,7 +67,7 @@ def test_worker_crash_at_each_point_still_succeeds_once(
         live_stack.start_worker(**env)  # the orchestrator's restart, same environment
         _assert_succeeded_once(live_stack, job_id, Path(env["DIFFBIR_FAULT_ONCE_FILE"]))
         # The webhook is queued with the status write (durable), so it arrives whatever the crash point.
-        wait_until(lambda: _succeeded_hooks(receiver), 30, 0.2, what="the job.succeeded webhook")
+        wait_until(lambda: _succeeded_hooks(receiver), 30, 0.2, what="the job.completed webhook")
         time.sleep(1)
         hooks = _succeeded_hooks(receiver)
         assert len({headers.get("webhook-id") for headers in hooks}) == 1
@@ -108,4 +108,4 @@ def _retry(stack: Stack, headers: dict[str, str]) -> httpx.Response | None:
 
 def _succeeded_hooks(receiver: Receiver) -> list[dict[str, str]]:
     seen = list(receiver.requests)
-    return [{k.lower(): v for k, v in h.items()} for h, body in seen if b'"job.succeeded"' in body]
+    return [{k.lower(): v for k, v in h.items()} for h, body in seen if b'"job.completed"' in body]
