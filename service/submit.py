@@ -136,7 +136,6 @@ async def submit(
         if idempotency_key is not None:
             await idempotency.release(owner, idempotency_key, job.id)
         raise
-    fault_point("after_store")
     try:
         with telemetry.span("store input", {"diffbir.job_id": job.id, "diffbir.upload_bytes": len(image)}):
             await _store(services, job, image, CONTENT_TYPES[info.format])
@@ -146,6 +145,7 @@ async def submit(
         with contextlib.suppress(Exception):  # best effort: the slot expires by itself otherwise
             await services.quotas.release(owner, job.id)
         raise
+    fault_point("after_store")
     try:
         await services.publish(job.id)
     except asyncio.CancelledError:
