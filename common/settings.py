@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     # --- Redis (job records, idempotency, heartbeats, Celery broker) ---
     redis_url: str = "redis://localhost:6379/0"
     redis_socket_timeout_s: float = Field(2.0, gt=0, description="Fail fast so a dead Redis becomes a 503.")
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description='Redis Sentinel addresses as a JSON list of "host:port"; when set, the job store, blob '
+        "store and Celery broker ask them for the current master of redis_sentinel_master (the database, "
+        "username and password still come from redis_url). Empty = connect to redis_url directly.",
+    )
+    redis_sentinel_master: str = Field("mymaster", description="The master's name the sentinels monitor.")
 
     # --- Blob storage ---
     storage_backend: Literal["redis", "s3"] = "redis"
@@ -139,6 +146,27 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``redis_sentinels`` as (host, port) pairs."""
+        addresses = []
+        for item in self.redis_sentinels:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f'a sentinel address must look like "host:26379", got {item!r}')
+            addresses.append((host.strip("[]"), int(port)))
+        return addresses
+
+    def broker_url(self) -> str:
+        """The Celery broker URL: ``redis_url``, or kombu's ``sentinel://`` list (plus credentials and db)."""
+        if not self.redis_sentinels:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        auth = ""
+        if parts.password is not None:
+            auth = f"{parts.username or ''}:{parts.password}@"
+        db = parts.path.lstrip("/") or "0"
+        return ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in self.sentinel_addresses())
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # URLs may carry credentials (redis://:password@host); repr()/str() must not print them.

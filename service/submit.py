@@ -6,7 +6,9 @@ the thread pool: Celery's producer, boto3 (S3 blob store) and a full decode when
 set. Profiled under a burst of uploads, every thread hop cost GIL hand-offs with the loop, which showed up
 in the tail latency. Ordering matters: the job record exists before the message is published (the worker
 must find it), and a failure after claiming an Idempotency-Key releases the claim so the client can retry
-with the same key.
+with the same key. The record's outbox entry is written in the same MULTI, so an API that dies (or a Redis
+that fails) between storing and publishing leaves a job the workers' outbox sweep publishes within seconds:
+its Idempotency-Key then replays a job that runs, never a dead one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from common.errors import (
     TooManyRequestsError,
     UnprocessableError,
 )
+from common.faults import fault_point
 from common.formats import CONTENT_TYPES
 from common.idempotency import IdempotencyRecord
 from common.jobs import ErrorCode, InputInfo, Job, new_job_id, utcnow
@@ -142,6 +145,7 @@ async def submit(
         with contextlib.suppress(Exception):  # best effort: the slot expires by itself otherwise
             await services.quotas.release(owner, job.id)
         raise
+    fault_point("after_store")
     try:
         await services.publish(job.id)
     except asyncio.CancelledError:
@@ -155,6 +159,7 @@ async def submit(
         if idempotency_key is not None:
             await idempotency.release(owner, idempotency_key, job.id)
         raise
+    fault_point("after_publish")
     services.metrics.jobs_submitted.labels(params.task).inc()
     bind(job_id=job.id)
     log.info("job accepted", extra={"job_id": job.id, "task": params.task, "outcome": "accepted"})
