@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from common.errors import JobStateError
+from common.job_store import stamp_expiry
 from common.jobs import Job
 from common.keys import job_key
 from common.settings import Settings
@@ -83,6 +84,7 @@ class AsyncJobStore:
 
     async def create(self, job: Job, tx: AsyncPipeline | None = None) -> None:
         """Write a new job record; with ``tx`` (from ``transaction``), together with the writes on it."""
+        stamp_expiry(job, self.ttl)
         if tx is None:
             created = await self.redis.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
         else:

@@ -10,13 +10,14 @@ taken the job over (fencing).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 import redis
 from redis.client import Pipeline
 
 from common.errors import JobStateError
 from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
-from common.keys import cancel_key, job_key
+from common.keys import cancel_key, finished_channel, job_key
 from common.settings import Settings
 
 _MAX_TX_RETRIES = 50
@@ -33,6 +34,7 @@ class JobStore:
 
     def create(self, job: Job) -> None:
         """Write a new job record (the API's submissions use ``AsyncJobStore.create``)."""
+        stamp_expiry(job, self.ttl)
         if not self.redis.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True):
             raise JobStateError(f"job {job.id} already exists")
 
@@ -62,13 +64,19 @@ class JobStore:
             mutate(job)
             pipe.multi()
             if job.status.terminal:
-                # Keep finished jobs for a full TTL after they finish, not after they were queued.
-                pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._write_finished(pipe, job)
                 pipe.delete(cancel_key(job_id))
             else:
                 pipe.set(key, job.to_redis(), keepttl=True)
 
         return self._atomically(job_id, act)
+
+    def _write_finished(self, pipe: Pipeline, job: Job) -> None:
+        """Queue a finished job's write: kept a full TTL after it finished (not after it was queued), and
+        announced on its channel so requests waiting for it (``Prefer: wait``) answer at once."""
+        stamp_expiry(job, self.ttl, renew=True)
+        pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl)
+        pipe.publish(finished_channel(job.id), job.status.value)
 
     def _atomically(self, job_id: str, act: Callable[[Pipeline, Job], None]) -> Job | None:
         """Read the job under WATCH, let ``act`` check it and queue its writes (after ``pipe.multi()``), and
@@ -177,7 +185,6 @@ class JobStore:
         answered "running" with a flag left behind. Raises ``JobStateError`` when the job already finished.
         Returns None when it does not exist.
         """
-        key = job_key(job_id)
 
         def act(pipe: Pipeline, job: Job) -> None:
             if job.status.terminal:
@@ -185,7 +192,7 @@ class JobStore:
             pipe.multi()
             if job.status is JobStatus.queued:
                 _cancel_now(job)
-                pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._write_finished(pipe, job)
             else:
                 pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
 
@@ -193,6 +200,12 @@ class JobStore:
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(job_id)))
+
+
+def stamp_expiry(job: Job, ttl_s: int, *, renew: bool = False) -> None:
+    """Record in the document when Redis will delete it (the key's TTL is set in the same write)."""
+    if renew or job.expires_at is None:
+        job.expires_at = utcnow() + timedelta(seconds=ttl_s)
 
 
 def _check_attempt(job: Job, attempt: int | None) -> None:

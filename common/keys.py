@@ -5,7 +5,8 @@ Per job (each expires): ``job:{id}`` (the JSON document), ``cancel:{id}`` (cance
 Per client: ``idem:{owner}:{hash}`` (Idempotency-Key -> job id). Per worker (pruned by heartbeats and
 reaping): ``workers`` (zset worker id -> last heartbeat), ``holders`` and ``held:{worker}`` (jobs a worker
 holds), ``reaping:{worker}`` (one reaper of a dead worker at a time), ``batch:parked_workers`` and
-``batch:parked:{worker}`` (batch mates' broker messages). There are no lists of jobs: a job is found by its
+``batch:parked:{worker}`` (batch mates' broker messages). Pub/sub: ``finished:{id}`` announces a job's
+terminal status (nothing is stored). There are no lists of jobs: a job is found by its
 unguessable id only, so nothing grows without bound. The broker's own lists belong to kombu (common.queue).
 """
 
@@ -31,6 +32,11 @@ def job_key(job_id: str) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"{KEY_PREFIX}cancel:{job_id}"
+
+
+def finished_channel(job_id: str) -> str:
+    """Pub/sub channel announcing that the job reached a terminal status (the message is the status)."""
+    return f"{KEY_PREFIX}finished:{job_id}"
 
 
 def blob_key(key: str) -> str:
