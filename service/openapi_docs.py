@@ -288,8 +288,9 @@ def finish_schema(schema: dict[str, Any], *, bearer_auth: bool) -> dict[str, Any
                     response["links"] = _JOB_LINKS
                 if not content:
                     response.pop("content", None)
-            if op_id == "metrics":  # FastAPI adds its default JSON media type next to the declared one
-                responses["200"]["content"].pop("application/json", None)
+            ok = responses.get("200", {}).get("content", {})
+            if len(ok) > 1 and not ok.get("application/json", {"schema": 1}).get("schema"):
+                del ok["application/json"]  # FastAPI's default JSON media type next to the declared ones
             if bearer_auth and path.startswith("/v1/"):
                 operation["security"] = [{"bearer": []}]
     for unused in ("HTTPValidationError", "ValidationError"):

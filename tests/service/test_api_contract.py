@@ -88,6 +88,8 @@ def test_typed_documents_and_headers(spec: dict[str, Any]) -> None:
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [
         "text/plain; version=1.0.0; charset=utf-8"
     ]
+    result = spec["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]
+    assert list(result) == ["image/png", "image/jpeg", "image/webp"]  # no phantom JSON body
     assert spec["paths"]["/v1/restore"]["post"]["security"] == [{"bearer": []}]
 
 
