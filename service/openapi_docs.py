@@ -11,6 +11,7 @@ route cannot answer it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -153,12 +154,12 @@ SUBMIT: dict[str, Any] = {
         415: _problem("Body neither multipart nor JSON, or the image is not PNG/JPEG/WebP"),
         422: _problem("Invalid image, image URL or parameters"),
         429: _problem(
-            "Queue full or the caller's quota used up; retry after Retry-After", RATE_LIMIT_HEADERS
+            "Queue full or the caller's quota used up; retry after Retry-After",
+            {**RETRY_AFTER, **RATE_LIMIT_HEADERS},
         ),
         **UNAVAILABLE,
     },
 }
-SUBMIT["responses"][429]["headers"] = {**RETRY_AFTER, **RATE_LIMIT_HEADERS}
 
 GET_JOB: dict[str, Any] = {
     "operation_id": "get_job",
@@ -293,8 +294,9 @@ def finish_schema(schema: dict[str, Any], *, bearer_auth: bool) -> dict[str, Any
                 del ok["application/json"]  # FastAPI's default JSON media type next to the declared ones
             if bearer_auth and path.startswith("/v1/"):
                 operation["security"] = [{"bearer": []}]
+    text = json.dumps(schema)
     for unused in ("HTTPValidationError", "ValidationError"):
-        if f'"#/components/schemas/{unused}"' not in str(schema).replace("'", '"'):
+        if f'"#/components/schemas/{unused}"' not in text:
             components.pop(unused, None)
     if bearer_auth:
         schema["components"]["securitySchemes"] = {

@@ -121,11 +121,13 @@ async def restore(
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
     wait_s = requested_wait(request.headers.get("prefer"), services.settings.max_sync_wait_s)
-    if wait_s is None or job.status.terminal or services.sync_waits.locked():
-        return job_response(job, 201 if job.status.terminal else 202, headers)
+    if wait_s is None or services.sync_waits.locked():
+        return job_response(job, 202, headers)
+    headers["Preference-Applied"] = f"wait={wait_s}"
+    if job.status.terminal:  # a replayed submission whose job already finished
+        return job_response(job, 201, headers)
     async with services.sync_waits:
         raw = await wait_finished(services, job.id, wait_s)
-    headers["Preference-Applied"] = f"wait={wait_s}"
     if raw is None:  # expired or deleted meanwhile: what was accepted is still the best answer
         return job_response(job, 202, headers)
     latest = Job.model_validate_json(raw)

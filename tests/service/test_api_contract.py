@@ -269,3 +269,15 @@ def test_body_cut_inside_the_image_part_is_a_bad_request(client: TestClient) -> 
         "/v1/restore", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
     )
     assert resp.status_code == 400 and resp.json()["code"] == "bad_request", resp.text
+
+
+def test_replay_of_a_finished_job_is_201_only_when_waiting(client: TestClient, store: JobStore) -> None:
+    key = {"Idempotency-Key": "sync-replay"}
+    job_id = submit(client, headers=key).json()["id"]
+    store.mark_running(job_id)
+    store.succeed(job_id, ResultInfo(url="x", content_type="image/png", width=1, height=1))
+    replay = submit(client, headers=key)
+    assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
+    waited = submit(client, headers={**key, "Prefer": "wait=5"})
+    assert waited.status_code == 201 and waited.json()["status"] == "succeeded"
+    assert waited.headers["preference-applied"] == "wait=5"
