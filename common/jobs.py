@@ -108,6 +108,9 @@ class JobDocument(BaseModel):
     expires_at: datetime | None = Field(
         None, description="When the job and its result are deleted (job TTL from its last status change)."
     )
+    # W3C trace context of the submitting request (common.telemetry); null when tracing is off. The worker
+    # continues this trace whichever delivery runs the job; clients may quote its trace id.
+    traceparent: str | None = None
 
 
 class Job(JobDocument):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,12 +18,15 @@ from common.async_job_store import AsyncJobStore
 from common.blobstore import BlobStore, make_blobstore
 from common.connections import connect, connect_async
 from common.idempotency import IdempotencyStore
+from common.job_index import JobIndex
 from common.job_store import JobStore
 from common.queue import SharedDepthReader, enqueue_restore, make_celery
+from common.quotas import QuotaGate
 from common.settings import Settings
 from common.webhooks import Resolver
 from common.workers import AsyncWorkerRegistry
 from service.auth import ApiKeyAuth
+from service.events import EventStreams
 from service.metrics import ApiMetrics
 
 _PUBLISH_THREADS = 4
@@ -43,6 +47,9 @@ class Services:
     celery: Celery
     auth: ApiKeyAuth
     metrics: ApiMetrics
+    index: JobIndex  # each owner's jobs (GET /v1/jobs)
+    quotas: QuotaGate  # per-key active-job cap and submit rate
+    events: EventStreams  # GET /v1/jobs/{id}/events: its own Redis client
     # Bounds the memory held by uploads in flight (built in the lifespan, so inside the serving loop).
     upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     # Queue-depth checks of concurrent submissions share one Redis round trip.
@@ -63,8 +70,6 @@ class Services:
     resolver: Resolver | None = None
     # Image URL downloads (one client: building one loads the CA bundle, which blocks).
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(follow_redirects=False))
-    # Submissions held open for `Prefer: wait` (built in the lifespan, inside the serving loop).
-    sync_waits: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     def __post_init__(self) -> None:
         self.depth_reader = SharedDepthReader(self.aredis, self.settings.queue_name)
@@ -80,7 +85,11 @@ class Services:
         once the message is out, so the caller can tell the two apart and never fails a job that was sent.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.publisher, enqueue_restore, self.celery, self.settings, job_id)
+        # Run in a copy of the request's context, so the publish span (tracing on) joins the request's trace.
+        run = contextvars.copy_context().run
+        future = loop.run_in_executor(
+            self.publisher, run, enqueue_restore, self.celery, self.settings, job_id
+        )
         cancelled = False
         while not future.done():
             try:
@@ -114,11 +123,14 @@ class Services:
             celery=make_celery(settings),
             auth=ApiKeyAuth(settings),
             metrics=metrics,
+            index=JobIndex(async_client, settings.job_ttl_seconds),
+            quotas=QuotaGate(async_client, settings),
+            events=EventStreams(settings),
             upload_slots=asyncio.Semaphore(settings.max_concurrent_uploads),
-            sync_waits=asyncio.Semaphore(settings.max_sync_waits),
         )
 
     async def aclose(self) -> None:
+        await self.events.aclose()
         await self.aredis.aclose()
         await self.http.aclose()
         self.redis.close()

@@ -22,7 +22,15 @@ from common.formats import CONTENT_TYPES
 from common.jobs import JOB_ID_PATTERN
 from common.params import RestoreParams
 from service.problems import PROBLEM_JSON
-from service.schemas import Health, JobDocument, Problem, Readiness, RestoreJsonBody, multipart_schema
+from service.schemas import (
+    Health,
+    JobDocument,
+    JobPage,
+    Problem,
+    Readiness,
+    RestoreJsonBody,
+    multipart_schema,
+)
 
 JOB_ID = "j_3kq9T0bq1yZ6rV0m4sXc2w"
 _BASE = "https://api.example.com"
@@ -82,10 +90,12 @@ def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
 
 
 RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying", "integer")}
+# The key's submit rate (service.quotas; IETF draft RateLimit fields), when a rate limit is configured.
 RATE_LIMIT_HEADERS = {
-    "RateLimit-Limit": _header("The caller's quota in the current window", "integer"),
+    "RateLimit-Limit": _header("Submissions allowed per window", "integer"),
     "RateLimit-Remaining": _header("What is left of it", "integer"),
-    "RateLimit-Reset": _header("Seconds until the window resets", "integer"),
+    "RateLimit-Reset": _header("Seconds until the window frees a submission", "integer"),
+    "RateLimit-Policy": _header("The policy, e.g. `60;w=60`"),
 }
 JOB_LOCATION = {"Location": _header("The job's URL (absolute)")}
 
@@ -118,6 +128,7 @@ _SUBMIT_HEADERS = {
     **JOB_LOCATION,
     "Idempotent-Replayed": _header("`true` when an earlier request with this Idempotency-Key made the job"),
     "Preference-Applied": _header("`wait=N` when the request's `Prefer: wait=N` was honoured"),
+    **RATE_LIMIT_HEADERS,
 }
 
 SUBMIT: dict[str, Any] = {
@@ -154,7 +165,8 @@ SUBMIT: dict[str, Any] = {
         415: _problem("Body neither multipart nor JSON, or the image is not PNG/JPEG/WebP"),
         422: _problem("Invalid image, image URL or parameters"),
         429: _problem(
-            "Queue full or the caller's quota used up; retry after Retry-After",
+            "Queue full (`queue_full`), or this key's quota: too many active jobs (`active_jobs_limit`) or "
+            "submissions (`rate_limited`); see Retry-After and RateLimit-*",
             {**RETRY_AFTER, **RATE_LIMIT_HEADERS},
         ),
         **UNAVAILABLE,
@@ -215,6 +227,49 @@ METRICS: dict[str, Any] = {
     },
 }
 
+# --- GET /v1/jobs and GET /v1/jobs/{id}/events (service.job_list, service.events)
+
+_CURSOR = "MTc2NzI2ODgwMDAwMDAwMDpqXzNrcTlUMGJxMXlaNnJWMG00c1hjMnc"
+EXAMPLE_PAGE = {"jobs": [EXAMPLE_JOB], "next_cursor": _CURSOR, "next": f"/v1/jobs?limit=20&cursor={_CURSOR}"}
+
+LIST_JOBS: dict[str, Any] = {
+    "operation_id": "list_jobs",
+    "responses": {
+        200: {
+            "description": "A page of job documents, newest first. `next_cursor` (also in `next` and a "
+            "`Link: rel=next` header) fetches the following page; null on the last one. A page may hold "
+            "fewer jobs than `limit` when a `status` filter matched little: go on while `next_cursor` is "
+            "set.",
+            "model": JobPage,
+            "headers": {"Link": _header('`<next>; rel="next"` while there is a following page')},
+        },
+        **UNAUTHORIZED,
+        422: _problem("A bad limit, status or cursor"),
+        **UNAVAILABLE,
+    },
+}
+
+EVENTS: dict[str, Any] = {
+    "operation_id": "job_events",
+    "responses": {
+        200: {
+            "description": "`text/event-stream`. First event `status` (the job now), then `status` and "
+            "`progress` events as they happen, each with the job document (`JobDocument`) as `data` and an "
+            "`id` to resume from (`Last-Event-ID`); `: ping` comments keep the connection alive. The stream "
+            "ends after the event whose job status is succeeded, failed or canceled.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **UNAUTHORIZED,
+        **NOT_FOUND,
+        503: _problem("Redis unavailable, or too many open streams; retry after Retry-After", RETRY_AFTER),
+    },
+}
+EXAMPLE_EVENTS = (
+    'event: progress\nid: 1767268800000-3\ndata: {"id": "j_...", "status": "running", "progress": '
+    '{"stage": "sampler", "step": 12, "total": 50, "fraction": 0.24}, ...}\n\n'
+)
+
+
 # Examples by (operationId, status), set after FastAPI's encoder (which drops None values) has run.
 EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("submit_job", "201"): EXAMPLE_SUCCEEDED,
@@ -224,6 +279,8 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("cancel_job", "202"): EXAMPLE_JOB,
     ("delete_job", "200"): EXAMPLE_CANCELED,
     ("delete_job", "202"): EXAMPLE_JOB,
+    ("list_jobs", "200"): EXAMPLE_PAGE,
+    ("job_events", "200"): EXAMPLE_EVENTS,
 }
 # Links from a submission's answer to the operations on its job (clients and stateful fuzzing follow them).
 _JOB_LINKS = {
@@ -236,7 +293,7 @@ _JOB_LINKS = {
     )
 }
 # Operations that may answer 422 (FastAPI adds it to every operation with parameters).
-MAY_ANSWER_422 = {"submit_job"}
+MAY_ANSWER_422 = {"submit_job", "list_jobs", "job_events"}
 
 
 def _problem_example(status: str, code: str) -> dict[str, Any]:
@@ -281,10 +338,12 @@ def finish_schema(schema: dict[str, Any], *, bearer_auth: bool) -> dict[str, Any
                 content = response.get("content", {})
                 if status.startswith(("4", "5")) and "application/json" in content:
                     media = content.pop("application/json")
+                    # FastAPI's own 422 describes its validation error; ours answers a problem document.
+                    media["schema"] = {"$ref": "#/components/schemas/Problem"}
                     media["example"] = _problem_example(status, _CODE_OF_STATUS.get(status, "internal"))
                     content[PROBLEM_JSON] = media
-                elif (op_id, status) in EXAMPLES and "application/json" in content:
-                    content["application/json"]["example"] = EXAMPLES[op_id, status]
+                elif (op_id, status) in EXAMPLES and content:
+                    next(iter(content.values()))["example"] = EXAMPLES[op_id, status]
                 if op_id == "submit_job" and status in ("201", "202"):
                     response["links"] = _JOB_LINKS
                 if not content:

@@ -31,7 +31,7 @@ from service.app_state import Services
 from service.auth import caller_of, same_owner
 from service.image_input import read_json_submission
 from service.submit import backpressure_error, submit
-from service.sync_wait import requested_wait, wait_finished
+from service.sync_wait import can_wait, requested_wait, wait_finished
 from service.uploads import read_upload
 
 log = logging.getLogger(__name__)
@@ -117,17 +117,16 @@ async def restore(
         base_url = base_url_of(request, services.settings)
         submission = await submit(services, owner, image, params, idempotency_key, base_url)
     job = submission.job
-    headers = {"Location": job.urls.get if job.urls else f"/v1/jobs/{job.id}"}
+    headers = {"Location": job.urls.get if job.urls else f"/v1/jobs/{job.id}", **submission.headers}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
     wait_s = requested_wait(request.headers.get("prefer"), services.settings.max_sync_wait_s)
-    if wait_s is None or services.sync_waits.locked():
+    if wait_s is None or not can_wait(services.events):
         return job_response(job, 202, headers)
     headers["Preference-Applied"] = f"wait={wait_s}"
     if job.status.terminal:  # a replayed submission whose job already finished
         return job_response(job, 201, headers)
-    async with services.sync_waits:
-        raw = await wait_finished(services, job.id, wait_s)
+    raw = await wait_finished(services.events, job.id, wait_s)
     if raw is None:  # expired or deleted meanwhile: what was accepted is still the best answer
         return job_response(job, 202, headers)
     latest = Job.model_validate_json(raw)

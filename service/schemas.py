@@ -10,6 +10,7 @@ edit here), problem codes from the ``common.errors`` hierarchy.
 from __future__ import annotations
 
 import copy
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -66,6 +67,14 @@ class Problem(BaseModel):
     job_status: JobStatus | None = Field(None, description="Where the job is (code job_not_finished).")
 
 
+class JobPage(BaseModel):
+    """A page of ``GET /v1/jobs``, newest first."""
+
+    jobs: list[JobDocument]
+    next_cursor: str | None = Field(description="Fetches the following page; null on the last one.")
+    next: str | None = Field(description="The URL of the following page (also in `Link: rel=next`).")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
@@ -89,8 +98,17 @@ class RestoreJsonBody(RestoreParams):
 
 def _form_value_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """One parameter's schema as a form field: a form cannot send null (an absent field is the default),
-    so ``anyOf: [X, null]`` becomes X, and a null default is dropped."""
+    so ``anyOf: [X, null]`` becomes X, and a null default is dropped; a list of choices is one
+    comma-separated field (``RestoreParams`` splits it), since the upload reader takes each field once."""
     out = copy.deepcopy(schema)
+    if out.get("type") == "array":
+        choices = "|".join(re.escape(str(v)) for v in out["items"]["enum"])
+        item = f" *({choices}) *"
+        return {
+            "type": "string",
+            "pattern": f"^{item}(,{item})*$",
+            **{k: out[k] for k in ("title", "description") if k in out},
+        }
     branches = out.pop("anyOf", None)
     if branches is not None:
         concrete = [b for b in branches if b.get("type") != "null"]
@@ -120,4 +138,12 @@ def multipart_schema() -> dict[str, Any]:
     }
 
 
-__all__ = ["FieldError", "JobDocument", "Problem", "ProblemCode", "RestoreJsonBody", "multipart_schema"]
+__all__ = [
+    "FieldError",
+    "JobDocument",
+    "JobPage",
+    "Problem",
+    "ProblemCode",
+    "RestoreJsonBody",
+    "multipart_schema",
+]

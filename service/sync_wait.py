@@ -1,10 +1,10 @@
 """Synchronous submissions: ``Prefer: wait=N`` (RFC 7240) holds the answer until the job finishes or N s pass.
 
-The wait is a Redis pub/sub subscription to the job's ``finished`` channel (``common.job_store`` publishes
-there in the same transaction that writes a terminal status), read in blocking waits of at most a second:
-no polling of the job per request. The document is read once after subscribing, so a job that finished
-before the subscription is not missed. How many requests one process holds open is bounded
-(``max_sync_waits``); past that a submission answers 202 at once, without ``Preference-Applied``.
+The wait reads the job's event stream (``common.progress_events``, written in the same MULTI as every
+change of the job) with ``XREAD BLOCK`` on the event streams' Redis client, as ``GET /v1/jobs/{id}/events``
+does: no polling of the job per request. It starts from an atomic snapshot (document and last stream id),
+so a job that finishes in between is not missed. Held requests count against the same bound as open event
+streams (``max_event_streams``); past it a submission answers 202 at once, without ``Preference-Applied``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 
-from common.jobs import Job
-from common.keys import finished_channel
-from service.app_state import Services
+from common.jobs import JobStatus
+from common.progress_events import document_status
+from service.events import BLOCK_MS, EventStreams
 
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,9})\"?\s*(?:$|[,;])", re.IGNORECASE)
-_READ_WAIT_S = 1.0  # one blocking read on the subscription; bounded so the request's deadline is honoured
 
 
 def requested_wait(prefer: str | None, max_wait_s: int) -> int | None:
@@ -31,23 +30,28 @@ def requested_wait(prefer: str | None, max_wait_s: int) -> int | None:
     return min(int(match.group(1)), max_wait_s)
 
 
-def _finished(raw: bytes | None) -> bool:
-    return raw is None or Job.model_validate_json(raw).status.terminal
+def can_wait(streams: EventStreams) -> bool:
+    return streams.open < streams.limit
 
 
-async def wait_finished(services: Services, job_id: str, timeout_s: float) -> bytes | None:
-    """The job's stored document once it is finished, or as it stands after ``timeout_s``."""
+async def wait_finished(streams: EventStreams, job_id: str, timeout_s: float) -> bytes | None:
+    """The job's public document once it finished, or the latest one after ``timeout_s`` (None: the job is
+    gone). The caller has checked ownership (it just created or replayed the job)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with services.aredis.pubsub(ignore_subscribe_messages=True) as pubsub:
-        await pubsub.subscribe(finished_channel(job_id))
-        raw = await services.ajobs.get_raw(job_id)
-        while not _finished(raw):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+    streams.open += 1
+    try:
+        snapshot = await streams.reader.snapshot(job_id)
+        if snapshot.raw is None:
+            return None
+        latest = snapshot.raw
+        after = snapshot.last_id or "0-0"
+        while not JobStatus(document_status(latest)).terminal:
+            remaining_ms = int((deadline - loop.time()) * 1000)
+            if remaining_ms <= 0:
                 break
-            message = await pubsub.get_message(timeout=min(remaining, _READ_WAIT_S))
-            if message is not None:
-                raw = await services.ajobs.get_raw(job_id)
-        await pubsub.unsubscribe()
-    return raw
+            for event in await streams.reader.read(job_id, after, min(remaining_ms, BLOCK_MS)):
+                after, latest = event.id, event.data.encode()
+        return latest
+    finally:
+        streams.open -= 1
