@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from common.formats import CONTENT_TYPES
 from common.jobs import JOB_ID_PATTERN
 from common.params import RestoreParams
+from common.progress_events import PROGRESS_EVENT, STATUS_EVENT
 from service.problems import PROBLEM_JSON
 from service.schemas import (
     Health,
@@ -249,6 +250,20 @@ LIST_JOBS: dict[str, Any] = {
     },
 }
 
+# One event of the stream (the schema applies per event): its name, its id and the job document as data.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": [STATUS_EVENT, PROGRESS_EVENT]},
+        "id": {"type": "string", "description": "Stream id; send it back as Last-Event-ID to resume."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/JobDocument"},
+        },
+    },
+}
 EVENTS: dict[str, Any] = {
     "operation_id": "job_events",
     "responses": {
@@ -257,7 +272,7 @@ EVENTS: dict[str, Any] = {
             "`progress` events as they happen, each with the job document (`JobDocument`) as `data` and an "
             "`id` to resume from (`Last-Event-ID`); `: ping` comments keep the connection alive. The stream "
             "ends after the event whose job status is succeeded, failed or canceled.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         **UNAUTHORIZED,
         **NOT_FOUND,

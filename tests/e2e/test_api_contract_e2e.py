@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import importlib
 import io
-import json
 import subprocess
 import sys
 import time
@@ -20,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from standardwebhooks.webhooks import Webhook
 
-from tests.e2e.conftest import API_KEYS, Stack, wait_until
+from tests.e2e.conftest import API_KEYS, WEBHOOK_SECRET, Stack, wait_until
 from tests.service.test_json_submit import ImageServer
 from tests.worker.conftest import Receiver, png_bytes
 
@@ -60,26 +60,17 @@ def generated(live_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
     root = _generate(f"{live_stack.http.base_url}/openapi.json", tmp_path_factory.mktemp("generated"))
     sys.path.insert(0, str(root))
     try:
-        names = [
-            "",
-            ".api.jobs.submit_job",
-            ".api.jobs.get_job",
-            ".api.jobs.get_job_result",
-            ".models",
-            ".types",
-        ]
-        mods = [importlib.import_module(PACKAGE + name) for name in names]
-        client = mods[0].AuthenticatedClient(
+        api = {
+            name: importlib.import_module(f"{PACKAGE}.api.jobs.{name}")
+            for name in ("submit_job", "get_job", "get_job_result", "list_jobs")
+        }
+        package = importlib.import_module(PACKAGE)
+        client = package.AuthenticatedClient(
             base_url=str(live_stack.http.base_url), token=API_KEYS[0], timeout=90
         )
-        yield SimpleNamespace(
-            client=client,
-            submit_job=mods[1],
-            get_job=mods[2],
-            get_job_result=mods[3],
-            models=mods[4],
-            types=mods[5],
-        )
+        models = importlib.import_module(f"{PACKAGE}.models")
+        types = importlib.import_module(f"{PACKAGE}.types")
+        yield SimpleNamespace(client=client, models=models, types=types, **api)
     finally:
         sys.path.remove(str(root))
         for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
@@ -110,6 +101,13 @@ def test_generated_client_typed_round_trip(generated: SimpleNamespace) -> None:
     result = g.get_job_result.sync_detailed(job.id, client=g.client)
     assert result.status_code == 200 and isinstance(result.parsed, g.types.File)
     assert Image.open(result.parsed.payload).size == (64, 64)
+
+    listed = g.list_jobs.sync_detailed(client=g.client, limit=5, status=m.JobStatus.SUCCEEDED)
+    assert listed.status_code == 200 and isinstance(listed.parsed, m.JobPage)
+    assert job.id in [j.id for j in listed.parsed.jobs]  # newest first: it is on the first page
+    assert all(isinstance(j, m.JobDocument) and j.status is m.JobStatus.SUCCEEDED for j in listed.parsed.jobs)
+    bad_cursor = g.list_jobs.sync_detailed(client=g.client, cursor="not-a-cursor")
+    assert bad_cursor.status_code == 422 and bad_cursor.parsed.code is m.ProblemCode.VALIDATION_ERROR
 
     missing = g.get_job.sync_detailed("j_" + "0" * 22, client=g.client)
     assert missing.status_code == 404
@@ -152,7 +150,8 @@ def test_url_submission_sync_wait_and_absolute_urls(live_stack: Stack) -> None:
         image = httpx.get(doc["result"]["url"], headers=live_stack.headers(), timeout=10)
         assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (48, 32)
         wait_until(lambda: receiver.requests, 15, what="webhook delivery")
-        hooked = json.loads(receiver.requests[0][1])["job"]  # webhooks carry the same absolute URLs
+        headers, body = receiver.requests[-1]  # the `completed` one (the default filter sends only it)
+        hooked = Webhook(WEBHOOK_SECRET).verify(body, headers)["data"]  # with the same absolute URLs
         assert hooked["urls"] == doc["urls"] and hooked["result"]["url"] == f"{base}/result"
         refused = live_stack.http.post(
             "/v1/restore", json={"image": server.base + "/missing.png"}, headers=live_stack.headers()

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from common.keys import submits_key
 from common.queue import queue_depth
-from tests.e2e.conftest import API_KEYS, ROOT, TERMINAL, Stack, wait_until
+from service.auth import owner_of_key
+from tests.e2e.conftest import API_KEYS, TERMINAL, Stack, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("stack", ["redis"], indirect=True)]
 
@@ -28,7 +30,8 @@ SEED = int(os.environ.get("DIFFBIR_FUZZ_SEED", "20261130"))
 
 
 def _leave_the_stack_idle(stack: Stack) -> None:
-    """Cancel what the fuzzer queued (tiny images with up to 100 steps) so later tests find an idle worker."""
+    """Cancel what the fuzzer queued (tiny images with up to 100 steps) so later tests find an idle worker,
+    and give its key back its submit rate."""
     for key in stack.redis.scan_iter("diffbir:job:*"):
         job = json.loads(stack.redis.get(key) or b"{}")
         if job.get("status") not in (None, *TERMINAL):
@@ -40,6 +43,8 @@ def _leave_the_stack_idle(stack: Stack) -> None:
         return not busy and queue_depth(stack.redis, "gpu") == 0
 
     wait_until(idle, 180, 0.5, what="fuzzed jobs canceled and drained")
+    # The fuzzer used up the key's submit rate: later tests start with a fresh window.
+    stack.redis.delete(submits_key(owner_of_key(API_KEYS[0])))
 
 
 def test_schemathesis_finds_no_failure(live_stack: Stack, tmp_path: Path) -> None:
@@ -69,7 +74,7 @@ def test_schemathesis_finds_no_failure(live_stack: Stack, tmp_path: Path) -> Non
         str(tmp_path),
     ]
     try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     finally:
         _leave_the_stack_idle(live_stack)
     output = done.stdout + done.stderr
