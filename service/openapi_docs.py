@@ -286,7 +286,7 @@ EXAMPLE_EVENTS = (
 
 
 # Examples by (operationId, status), set after FastAPI's encoder (which drops None values) has run.
-EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+EXAMPLES: dict[tuple[str, str], Any] = {
     ("submit_job", "201"): EXAMPLE_SUCCEEDED,
     ("submit_job", "202"): EXAMPLE_QUEUED,
     ("get_job", "200"): EXAMPLE_JOB,
