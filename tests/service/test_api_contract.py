@@ -76,9 +76,14 @@ def test_typed_documents_and_headers(spec: dict[str, Any]) -> None:
     }
     assert schemas["JobStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "canceled"]
     assert "worker_lost" in schemas["ErrorCode"]["enum"]
-    assert {"queue_full", "not_found", "validation_error", "invalid_image", "method_not_allowed"} <= set(
-        schemas["ProblemCode"]["enum"]
-    )
+    assert {
+        "queue_full",
+        "rate_limited",
+        "active_jobs_limit",
+        "not_found",
+        "validation_error",
+        "invalid_image",
+    } <= set(schemas["ProblemCode"]["enum"])
     submit_op = spec["paths"]["/v1/restore"]["post"]
     accepted = submit_op["responses"]["202"]
     assert accepted["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/JobDocument"}
