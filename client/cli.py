@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("DIFFBIR_API_KEY"), help="API key (env DIFFBIR_API_KEY)"
     )
     job = parser.add_argument_group("restoration parameters (server defaults when omitted)")
-    job.add_argument("--task", choices=["sr", "face", "denoise"])
+    job.add_argument("--task", choices=["sr", "face", "denoise", "unaligned_face"])
     job.add_argument("--upscale", type=float, help="output size / input size")
     job.add_argument("--fidelity", type=float, help="0 = most generative .. 1 = closest to the input")
     job.add_argument("--steps", type=int, help="sampler steps")

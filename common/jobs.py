@@ -68,6 +68,9 @@ class ResultInfo(BaseModel):
     width: int
     height: int
     bytes: int = 0
+    faces: int | None = Field(
+        None, description="unaligned_face only: faces found and restored (0: the sr restoration alone)."
+    )
 
 
 class JobError(BaseModel):

@@ -16,7 +16,7 @@ from common.formats import CONTENT_TYPES, ImageFormat
 # The API's vocabulary, all of it here. It mirrors the model's restore options (tasks, samplers, colour
 # fixes, default negative prompt, bounds) without importing them, since the API never imports torch;
 # tests/contracts/test_params_match_options.py fails when the two sides disagree.
-Task = Literal["sr", "face", "denoise"]
+Task = Literal["sr", "face", "denoise", "unaligned_face"]
 Sampler = Literal[
     "spaced",
     "ddim",
@@ -70,7 +70,10 @@ class RestoreParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: Task = Field(
-        "sr", description="sr: blind super-resolution; face: face restoration; denoise: blind denoising."
+        "sr",
+        description="sr: blind super-resolution; face: face restoration (an aligned face crop); denoise: "
+        "blind denoising; unaligned_face: a whole photo whose faces are found, restored as faces and blended "
+        "into the sr restoration of the rest (v2 and v2.1 workers).",
     )
     upscale: float = Field(4.0, ge=1.0, le=8.0, description="Output size / input size.")
     fidelity: float = Field(

@@ -45,6 +45,10 @@ RUN grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)' constraints.txt > const
     && /opt/venv/bin/python pyproject_requirements.py worker > requirements.txt \
     && uv pip install --python /opt/venv/bin/python --requirement requirements.txt \
         --constraint constraints-image.txt
+# facexlib (the unaligned_face task's detector and parser nets) without its declared dependencies: it asks
+# for the GUI opencv-python (libGL; it overwrites the headless cv2 of the worker extra, which lists what
+# facexlib imports).
+RUN uv pip install --python /opt/venv/bin/python --no-deps --constraint constraints-image.txt facexlib
 COPY common ./common
 COPY model ./model
 COPY worker ./worker

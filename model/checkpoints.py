@@ -92,6 +92,17 @@ def check_state_dict(module: nn.Module, sd: Mapping[str, Any], what: str) -> Non
         raise CheckpointMismatchError(what, missing, unexpected, mismatched)
 
 
+def fill_batchnorm_counters(module: nn.Module, sd: Mapping[str, Any]) -> StateDict:
+    """`sd` plus the BatchNorm `num_batches_tracked` counters it lacks, at 0 -- what torch itself does when
+    it loads a file saved before those counters existed (facexlib's detector and parser files may be), and
+    which a strict check would otherwise report as missing. The counters only matter for training."""
+    out = dict(sd)
+    for key in module.state_dict():
+        if key.endswith(".num_batches_tracked") and key not in out:
+            out[key] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
 def load_strict(module: nn.Module, sd: Mapping[str, Any], what: str, *, assign: bool = False) -> nn.Module:
     """Load `sd` into `module` with `strict=True`, after a readable check of keys and shapes.
 

@@ -19,7 +19,7 @@ import torch
 from model import loading, weights
 from model.cldm import ControlLDM
 from model.errors import InvalidInputError, ModelError, WeightsMissingError
-from model.options import PRECISIONS, TASKS
+from model.options import PRECISIONS
 from model.presets import STAGE1_KINDS, check_task, check_version
 from model.stage1 import Stage1Net, build_stage1, load_stage1
 
@@ -188,7 +188,7 @@ def convert_version(
     does); later `full` loads read these instead of the pickles. `files_config` as in `load_nets`."""
     written: list[Path] = []
     done: set[str] = set()
-    for task in TASKS:
+    for task in weights.version_tasks(version):
         files = weights.required(version, task)
         cn = files["controlnet"].name
         if cn in done:

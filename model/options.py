@@ -123,6 +123,7 @@ class RestoreResult:
     seed: int
     sampler_steps: int
     conversions: list[str] = field(default_factory=list)  # input conversions (model/inputs.py)
+    faces: int | None = None  # unaligned_face: how many faces were found and restored (0: background only)
 
 
 @dataclass(frozen=True)

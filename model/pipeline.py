@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ from model.inputs import check_pixels, output_size, prepare_image
 from model.loaders import load_nets, resolve_device, resolve_dtype
 from model.options import (
     STAGES,
-    TASKS,
     CancelFn,
     ProgressFn,
     RestoreOptions,
@@ -67,6 +66,10 @@ from model.stage1 import Stage1Net
 from model.tiling import num_tiles
 from model.tracking import BatchHooks, StageTimer
 from model.vae import VAE
+from model.weights import UNALIGNED_FACE, version_tasks
+
+if TYPE_CHECKING:  # the face tools import OpenCV and facexlib: only when the unaligned_face task is loaded
+    from model.faces.unaligned import FaceTools
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +104,16 @@ class DiffBIRPipeline:
         tiles: TileSizes = FULL_TILES,
         acceleration: Acceleration | None = None,
         graphs: CudaGraphs | None = None,
+        faces: FaceTools | None = None,
     ) -> None:
         """`acceleration`: the speed switches (default: channels_last and CUDA graphs on CUDA, no compile).
-        `graphs`: a graph cache of the caller's (tests bring one with a host capture)."""
+        `graphs`: a graph cache of the caller's (tests bring one with a host capture). `faces`: the detector
+        (and parser) of the unaligned_face task, which also needs the face and sr models."""
         missing = [t for t in models if t not in stage1]
         if missing or not models:
             raise ModelError(f"pipeline needs a stage-1 net and a ControlLDM per task; missing for {missing}")
+        if faces is not None and not {"face", "sr"} <= set(models):
+            raise ModelError("the unaligned_face task needs the face and sr models loaded too")
         self.models = dict(models)
         self.stage1 = dict(stage1)
         self.version = version
@@ -127,10 +134,11 @@ class DiffBIRPipeline:
         self.accel = Accelerator(
             self.models, self.stage1, self.device, acceleration or Acceleration(), graphs
         )
+        self.faces = faces
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(self.models)
+        return (*self.models, UNALIGNED_FACE) if self.faces is not None else tuple(self.models)
 
     @property
     def graphs(self) -> CudaGraphs | None:
@@ -153,7 +161,7 @@ class DiffBIRPipeline:
         seed: int = 0,
         files_config: str = "full",
     ) -> DiffBIRPipeline:
-        """`full`: the official weights of `version` (all `tasks`, default all three) from `weights_dir`,
+        """`full`: the official weights of `version` (`tasks`, default all it runs) from `weights_dir`,
         through the converted safetensors cache when `python -m model convert` wrote one. `tiny`: random
         weights with the tiny configs -- a smoke-test model that does NOT restore anything.
         `device=None` picks CUDA if available; `precision=None` picks fp16 on CUDA, fp32 on CPU.
@@ -161,11 +169,17 @@ class DiffBIRPipeline:
         the tiny diffusion size and tile windows; see `model.loaders.load_nets`."""
         dev = resolve_device(device)
         dtype = resolve_dtype(precision, dev)
-        tasks = tuple(tasks or TASKS)
+        tasks = tuple(tasks or version_tasks(version))
+        small = preset == "tiny" or files_config == "tiny"
+        faces = None
+        if UNALIGNED_FACE in tasks:  # it runs on the face and sr models, plus a detector and a parser
+            from model.faces.unaligned import load_face_tools
+
+            faces = load_face_tools(preset, version, weights_dir, dev, small=small)
+            tasks = tuple(dict.fromkeys([*(t for t in tasks if t != UNALIGNED_FACE), "face", "sr"]))
         models, nets = load_nets(
             preset, version, tasks, dev, dtype, weights_dir=weights_dir, files_config=files_config, seed=seed
         )
-        small = preset == "tiny" or files_config == "tiny"
         return cls(
             models,
             nets,
@@ -178,6 +192,7 @@ class DiffBIRPipeline:
             stage2_settings=STAGE2_SETTINGS[version],
             tiles=TINY_TILES if small else FULL_TILES,
             acceleration=acceleration,
+            faces=faces,
         )
 
     # ---- public API --------------------------------------------------------------------------------------
@@ -220,10 +235,12 @@ class DiffBIRPipeline:
         for i, (image, options) in enumerate(zip(images, options_list, strict=True)):
             try:
                 options = options.validate()
-                if options.task not in self.models:
-                    raise InvalidInputError(
-                        f"task {options.task!r} is not loaded (loaded: {list(self.models)})"
-                    )
+                if options.task not in self.tasks:
+                    loaded = list(self.tasks)
+                    raise InvalidInputError(f"task {options.task!r} is not loaded (loaded: {loaded})")
+                if options.task == UNALIGNED_FACE:
+                    results[i] = self._restore_unaligned(image, options, progresses[i], cancels[i])
+                    continue
                 prep = prepare_image(image, self.max_pixels)
                 out_hw = output_size(*prep.size, options.upscale, self.max_pixels)
                 # Stage 2 runs with the short side raised to `min_short_edge`: a thin strip (8 x 2000 px)
@@ -243,6 +260,22 @@ class DiffBIRPipeline:
             for chunk in self._chunks(members, (shape[0], shape[1]), options):
                 self._run_group(chunk, options, prepared, progresses, cancels, results)
         return [r if r is not None else ModelError("internal error: no result") for r in results]
+
+    def _restore_unaligned(
+        self, image: np.ndarray, options: RestoreOptions, progress: ProgressFn | None, cancel: CancelFn | None
+    ) -> RestoreResult | Exception:
+        """One unaligned_face restore (`model/faces/unaligned.py`); failures come back as the exception."""
+        from model.faces.unaligned import restore_unaligned
+
+        assert self.faces is not None
+        try:
+            return restore_unaligned(
+                self.restore_batch, self.faces, image, options, self.max_pixels, progress, cancel
+            )
+        except ModelError as exc:
+            return exc
+        except Exception as exc:  # a failure of this image must not lose the others of the batch
+            return self._failure(exc, 1)
 
     # ---- batching and planning ---------------------------------------------------------------------------
 

@@ -67,6 +67,10 @@ STAGE1_KINDS: dict[str, dict[str, str]] = {
 }
 
 
+# The README commands' --upscale per task (1 for the others).
+OFFICIAL_UPSCALE: dict[str, float] = {"sr": 4.0, "unaligned_face": 2.0}
+
+
 def check_version(version: str) -> str:
     if version not in VERSIONS:
         raise InvalidInputError(f"unknown version {version!r}; expected one of {list(VERSIONS)}")
@@ -81,13 +85,13 @@ def check_task(task: str) -> str:
 
 def default_options(version: str, task: str, **overrides: Any) -> RestoreOptions:
     """`RestoreOptions` with the official sampling defaults of `version` (sampler, steps, cfg, prompts) and
-    the README's upscale (4 for sr, 1 for face/denoise); `overrides` win. `fidelity` keeps this service's
-    default: the official default is no guidance, i.e. fidelity 0."""
+    the README's upscale (4 for sr, 2 for unaligned_face, 1 for face/denoise); `overrides` win. `fidelity`
+    keeps this service's default: the official default is no guidance, i.e. fidelity 0."""
     check_version(version)
     check_task(task)
     values = {
         "task": task,
-        "upscale": 4.0 if task == "sr" else 1.0,
+        "upscale": OFFICIAL_UPSCALE.get(task, 1.0),
         **OFFICIAL_SAMPLING[version],
         **overrides,
     }

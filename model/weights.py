@@ -27,9 +27,14 @@ from model.errors import InvalidInputError, ModelError, WeightsMissingError
 
 log = logging.getLogger(__name__)
 
-Role = Literal["sd", "controlnet", "stage1"]
+Role = Literal["sd", "controlnet", "stage1", "face_detector", "face_parser"]
 VERSIONS: tuple[str, ...] = ("v1", "v2", "v2.1")
-TASKS: tuple[str, ...] = ("sr", "face", "denoise")
+# Tasks run by one ControlLDM and one stage-1 net each.
+NET_TASKS: tuple[str, ...] = ("sr", "face", "denoise")
+# Whole photos with small, unaligned faces (`model/faces/`): the face and sr tasks plus a face detector and
+# parser; upstream offers it from v2 on.
+UNALIGNED_FACE = "unaligned_face"
+TASKS: tuple[str, ...] = (*NET_TASKS, UNALIGNED_FACE)
 WEIGHTS_DIR_ENV = "DIFFBIR_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = "weights"
 CHUNK_BYTES = 1 << 20
@@ -50,6 +55,9 @@ class WeightFile:
 _HF_V2 = "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main"
 _HF_V1 = "https://huggingface.co/lxq007/DiffBIR/resolve/main"
 _KAIR = "https://github.com/cszn/KAIR/releases/download/v1.0"
+# facexlib's release files, at the URLs its `init_detection_model` / `init_parsing_model` fetch at run time;
+# facexlib publishes no checksum for them (it downloads with `hash_prefix=None`), so none is checked here.
+_FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
 
 REGISTRY: dict[str, WeightFile] = {
     w.name: w
@@ -100,6 +108,22 @@ REGISTRY: dict[str, WeightFile] = {
             "swinir",
         ),
         WeightFile(
+            "retinaface_resnet50",
+            "detection_Resnet50_Final.pth",
+            f"{_FACEXLIB}/v0.1.0/detection_Resnet50_Final.pth",
+            "face_detector",
+            ("v2", "v2.1"),
+            "RetinaFace (ResNet-50) face detector with 5 landmarks, facexlib; unaligned_face",
+        ),
+        WeightFile(
+            "parsenet",
+            "parsing_parsenet.pth",
+            f"{_FACEXLIB}/v0.2.2/parsing_parsenet.pth",
+            "face_parser",
+            ("v2", "v2.1"),
+            "ParseNet face parsing (19 classes), facexlib; soft masks of unaligned_face",
+        ),
+        WeightFile(
             "sd_v2.1",
             "v2-1_512-ema-pruned.ckpt",
             "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.ckpt",
@@ -138,7 +162,8 @@ REGISTRY: dict[str, WeightFile] = {
     )
 }
 
-# version -> task -> role -> registry name (pretrained_models.py's docstring and the reference README).
+# version -> task -> role -> registry name (pretrained_models.py's docstring and the reference README;
+# unaligned_face: upstream's `unaligned_bfr_loop.py`, which refuses v1).
 REQUIREMENTS: dict[str, dict[str, dict[str, str]]] = {
     "v1": {
         "sr": {"sd": "sd_v2.1", "controlnet": "v1_general", "stage1": "swinir_general"},
@@ -149,11 +174,27 @@ REQUIREMENTS: dict[str, dict[str, dict[str, str]]] = {
         "sr": {"sd": "sd_v2.1", "controlnet": "v2", "stage1": "bsrnet"},
         "denoise": {"sd": "sd_v2.1", "controlnet": "v2", "stage1": "scunet_psnr"},
         "face": {"sd": "sd_v2.1", "controlnet": "v2", "stage1": "swinir_face"},
+        UNALIGNED_FACE: {
+            "sd": "sd_v2.1",
+            "controlnet": "v2",
+            "stage1": "bsrnet",  # the background, restored as sr
+            "face_stage1": "swinir_face",
+            "face_detector": "retinaface_resnet50",
+            "face_parser": "parsenet",
+        },
     },
     "v2.1": {
         "sr": {"sd": "sd_v2.1_zsnr", "controlnet": "v2.1", "stage1": "swinir_realesrgan"},
         "denoise": {"sd": "sd_v2.1_zsnr", "controlnet": "v2.1", "stage1": "swinir_realesrgan"},
         "face": {"sd": "sd_v2.1_zsnr", "controlnet": "v2.1", "stage1": "swinir_face"},
+        UNALIGNED_FACE: {
+            "sd": "sd_v2.1_zsnr",
+            "controlnet": "v2.1",
+            "stage1": "swinir_realesrgan",  # the background, restored as sr
+            "face_stage1": "swinir_face",
+            "face_detector": "retinaface_resnet50",
+            "face_parser": "parsenet",
+        },
     },
 }
 
@@ -171,13 +212,23 @@ def required(version: str, task: str) -> dict[str, WeightFile]:
     """role -> WeightFile needed to run `task` with `version`."""
     if version not in REQUIREMENTS:
         raise InvalidInputError(f"unknown version {version!r}; expected one of {list(VERSIONS)}")
+    if task in TASKS and task not in REQUIREMENTS[version]:
+        raise InvalidInputError(f"task {task!r} is not available with {version} (as upstream: from v2 on)")
     if task not in REQUIREMENTS[version]:
         raise InvalidInputError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     return {role: REGISTRY[name] for role, name in REQUIREMENTS[version][task].items()}
 
 
-def version_files(version: str, tasks: Iterable[str] = TASKS) -> list[WeightFile]:
-    """Every file `version` needs for `tasks`, without duplicates, in a stable order."""
+def version_tasks(version: str) -> tuple[str, ...]:
+    """The tasks `version` can run (v1 has no unaligned_face)."""
+    if version not in REQUIREMENTS:
+        raise InvalidInputError(f"unknown version {version!r}; expected one of {list(VERSIONS)}")
+    return tuple(t for t in TASKS if t in REQUIREMENTS[version])
+
+
+def version_files(version: str, tasks: Iterable[str] | None = None) -> list[WeightFile]:
+    """Every file `version` needs for `tasks` (default: all it runs), without duplicates, stably ordered."""
+    tasks = version_tasks(version) if tasks is None else tasks
     names = dict.fromkeys(w.name for task in tasks for w in required(version, task).values())
     return [REGISTRY[n] for n in names]
 
@@ -251,7 +302,7 @@ def download_version(
     weights_dir: str | Path | None = None,
     *,
     progress: bool = True,
-    tasks: Iterable[str] = TASKS,
+    tasks: Iterable[str] | None = None,
     **kwargs: object,
 ) -> list[Path]:
     """Fetch every file `version` needs (all tasks by default); returns their paths."""
@@ -411,7 +462,7 @@ def _download_hf(url: str, root: Path) -> Path:
 
 
 def missing_files(
-    version: str, weights_dir: str | Path | None = None, tasks: Iterable[str] = TASKS
+    version: str, weights_dir: str | Path | None = None, tasks: Iterable[str] | None = None
 ) -> list[WeightFile]:
     """Files of `version` (for `tasks`) that are not in `weights_dir`."""
     root = _dir(weights_dir)

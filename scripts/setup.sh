@@ -51,6 +51,8 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
     # pyiqa (learned quality metrics) without its declared dependencies: see the `eval` extra in pyproject.toml.
     .venv/bin/python -m pip install -q --no-deps -c constraints.txt pyiqa
+    # facexlib (unaligned_face's detector and parser) without its declared dependencies: see the `worker` extra.
+    .venv/bin/python -m pip install -q --no-deps -c constraints.txt facexlib
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

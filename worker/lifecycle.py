@@ -253,6 +253,7 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
         width=width,
         height=height,
         bytes=len(data),
+        faces=result.faces,
     )
     finished = _transition(ctx, "mark succeeded", ctx.store.succeed, job.id, info, timings, job.attempts)
     if finished is None:

@@ -55,6 +55,9 @@ class WebhookSender:
             except redis.RedisError as exc:  # Redis away: the messages wait there; try again later
                 log.warning("webhook outbox unavailable: %s", exc)
                 busy = False
+            except Exception:  # a bug must not stop the sender; the message is retried after its lease
+                log.exception("webhook sender error")
+                busy = False
             if not busy:
                 self._stop.wait(self.settings.webhook_poll_interval_s)
 

@@ -25,7 +25,7 @@ from worker.config import WorkerSettings, get_worker_settings
 from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
 from worker.loading import load_pipeline
-from worker.metrics import WorkerMetrics, get_metrics
+from worker.metrics import WorkerMetrics, get_metrics, watch_outbox
 from worker.notify import WebhookSender
 from worker.recovery import Ownership, Publish
 
@@ -63,6 +63,8 @@ def build_context(
         metrics.watch_graphs(pipeline.graphs)
     client = connect(settings)
     store = JobStore(client, settings)
+    outbox = Outbox(client, settings.webhook_lease_s)
+    watch_outbox(metrics.webhook_outbox, outbox.pending)
     return WorkerContext(
         settings=settings,
         store=store,
@@ -74,7 +76,7 @@ def build_context(
         options_factory=options_factory,
         metrics=metrics,
         webhooks=WebhookSender(
-            Outbox(client, settings.webhook_lease_s),
+            outbox,
             settings,
             lambda outcome: metrics.webhooks.labels(outcome=outcome).inc(),
             settings.worker_webhook_threads,

@@ -7,7 +7,10 @@ its weights (build your own with `model.loading.load_reference_tiny` if you need
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from model.cldm import ControlLDM
 from model.loading import init_tiny_random, load_reference_tiny
@@ -30,3 +33,29 @@ def tiny_cldm_v21() -> ControlLDM:
 def tiny_cldm_random() -> ControlLDM:
     """`init_tiny_random(seed=0)`: deterministic random weights that are NOT the reference's."""
     return init_tiny_random(seed=0)
+
+
+@pytest.fixture(scope="session")
+def face_weight_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the unaligned_face task's two files in their official layouts, random weights:
+    `detection_Resnet50_Final.pth` as the original RetinaFace release saved it (`module.` prefixes, from a
+    DataParallel model, and no BatchNorm counters) and `parsing_parsenet.pth` (plain keys). Written once per
+    session (about 200 MB); link them into a weights folder with `link_face_weight_files`."""
+    from model.faces.detection import build_retinaface
+    from model.faces.parsing import build_parsenet
+
+    root = tmp_path_factory.mktemp("face-weights")
+    torch.manual_seed(0)
+    det = build_retinaface().state_dict()
+    det = {f"module.{k}": v for k, v in det.items() if not k.endswith("num_batches_tracked")}
+    torch.save(det, root / "detection_Resnet50_Final.pth")
+    torch.save(build_parsenet().state_dict(), root / "parsing_parsenet.pth")
+    return root
+
+
+def link_face_weight_files(source: Path, weights_dir: Path) -> Path:
+    """Symbolic links to the session's face files in `weights_dir` (the loaders follow them)."""
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        (weights_dir / path.name).symlink_to(path)
+    return weights_dir

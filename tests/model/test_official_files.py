@@ -5,6 +5,7 @@ them (SD as a Lightning-style `.ckpt` with a `state_dict` wrapper, ControlNets a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from safetensors.torch import load_file
 from model import weights
 from model.cldm import ControlLDM
 from model.errors import CheckpointMismatchError
+from model.faces.detection import CenteredFaceDetector, RetinaFaceDetector
+from model.faces.parsing import FaceParser
 from model.loaders import convert_version, converted_cache_path
 from model.loading import TINY_CONTROLNET_FILE, TINY_SD_FILES
 from model.options import RestoreOptions
@@ -32,8 +35,11 @@ def _lightning(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
     return {"state_dict": state_dict, "epoch": 3, "global_step": 1000, "pytorch-lightning_version": "1.4.2"}
 
 
-def write_official_files(root: Path, version: str, drop: tuple[str, str] | None = None) -> Path:
-    """Every file `version` needs, in the official layouts, from the tiny reference weights.
+def write_official_files(
+    root: Path, version: str, drop: tuple[str, str] | None = None, faces: Path | None = None
+) -> Path:
+    """Every file `version` needs, in the official layouts, from the tiny reference weights; the
+    unaligned_face task's detector and parser only with `faces` (the `face_weight_files` folder, linked).
 
     `drop=(registry name, key)` leaves one key out of that file (to test the error)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -42,6 +48,10 @@ def write_official_files(root: Path, version: str, drop: tuple[str, str] | None 
         sd.update(load_file(TINY_DIR / name))
     sd["model_ema.decay"] = torch.tensor(0.9999)  # real SD checkpoints hold keys no module reads
     for w in weights.version_files(version):
+        if w.role in ("face_detector", "face_parser"):
+            if faces is not None:
+                (root / w.filename).symlink_to(faces / w.filename)
+            continue
         if w.role == "sd":
             tensors = dict(sd)
         elif w.role == "controlnet":
@@ -73,16 +83,30 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_v2_official_files_load_and_restore(tmp_path: Path, tiny_cldm: ControlLDM) -> None:
-    pipe = _load(write_official_files(tmp_path, "v2"), "v2")
-    kinds = {t: pipe.stage1[t].kind for t in pipe.tasks}
+@pytest.mark.slow  # four restores, and the face nets' ~200 MB of files
+def test_v2_official_files_load_and_restore(
+    tmp_path: Path, tiny_cldm: ControlLDM, face_weight_files: Path
+) -> None:
+    pipe = _load(write_official_files(tmp_path, "v2", faces=face_weight_files), "v2")
+    assert pipe.tasks == ("sr", "face", "denoise", "unaligned_face")
+    kinds = {t: net.kind for t, net in pipe.stage1.items()}
     assert kinds == {"sr": "bsrnet", "face": "swinir", "denoise": "scunet"}
+    assert pipe.faces is not None
+    assert isinstance(pipe.faces.detector, RetinaFaceDetector) and isinstance(pipe.faces.parser, FaceParser)
+    # Random detector weights "find" thousands of faces: restore one known face (through the loaded parser).
+    pipe.faces = dataclasses.replace(pipe.faces, detector=CenteredFaceDetector())
     model = pipe.models["sr"]
     assert model.parameterization == "eps" and not model.diffusion.zero_snr
     assert _same_weights(model, tiny_cldm)  # same tensors as the fixture path, after every unwrapping
-    for task, upscale, size in [("sr", 2.0, (24, 40)), ("face", 1.0, (12, 20)), ("denoise", 1.0, (12, 20))]:
+    for task, upscale, size in [
+        ("sr", 2.0, (24, 40)),
+        ("face", 1.0, (12, 20)),
+        ("denoise", 1.0, (12, 20)),
+        ("unaligned_face", 2.0, (24, 40)),
+    ]:
         result = pipe.restore(_image(), RestoreOptions(task=task, upscale=upscale, steps=1, seed=0))
         assert result.image.shape == (*size, 3) and result.image.dtype == np.uint8
+        assert (result.faces is not None) == (task == "unaligned_face")
 
 
 def test_v1_two_controlnets_share_one_sd(tmp_path: Path) -> None:
@@ -117,7 +141,7 @@ def test_v21_files_get_the_zero_snr_v_prediction_diffusion(tmp_path: Path) -> No
 def test_a_missing_key_is_named(tmp_path: Path, name: str, key: str, named: str) -> None:
     root = write_official_files(tmp_path, "v2", drop=(name, key))
     with pytest.raises(CheckpointMismatchError) as info:
-        _load(root, "v2")
+        _load(root, "v2", tasks=weights.NET_TASKS)
     assert named in info.value.missing
     assert named in str(info.value)
 

@@ -36,6 +36,7 @@ OFFICIAL_HOSTS = (
     "https://huggingface.co/lxq007/DiffBIR/resolve/main/",
     "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/",
     "https://github.com/cszn/KAIR/releases/download/v1.0/",
+    "https://github.com/xinntao/facexlib/releases/download/",
 )
 
 
@@ -95,7 +96,13 @@ def test_resolve_returns_paths_by_role(tmp_path: Path) -> None:
         "stage1": tmp_path / "scunet_color_real_psnr.pth",
     }
     missing = [w.filename for w in weights.missing_files("v2", tmp_path)]
-    assert missing == ["BSRNet.pth", "face_swinir_v1.ckpt"]
+    assert missing == [
+        "BSRNet.pth",
+        "face_swinir_v1.ckpt",
+        "detection_Resnet50_Final.pth",
+        "parsing_parsenet.pth",
+    ]
+    assert [w.filename for w in weights.missing_files("v2", tmp_path, tasks=["sr", "face"])] == missing[:2]
 
 
 def test_weights_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -110,7 +117,36 @@ def test_weights_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 def test_version_files_deduplicates() -> None:
     names = [w.name for w in weights.version_files("v2.1")]
-    assert names == ["sd_v2.1_zsnr", "v2.1", "swinir_realesrgan", "swinir_face"]
+    assert names == [
+        "sd_v2.1_zsnr",
+        "v2.1",
+        "swinir_realesrgan",
+        "swinir_face",
+        "retinaface_resnet50",
+        "parsenet",
+    ]
+
+
+@pytest.mark.parametrize("version", ["v2", "v2.1"])
+def test_unaligned_face_needs_the_sr_and_face_files_and_the_face_nets(version: str) -> None:
+    files = {role: w.filename for role, w in weights.required(version, "unaligned_face").items()}
+    sd, controlnet, background = EXPECTED[version]["sr"]
+    assert files == {
+        "sd": sd,
+        "controlnet": controlnet,
+        "stage1": background,
+        "face_stage1": EXPECTED[version]["face"][2],
+        "face_detector": "detection_Resnet50_Final.pth",
+        "face_parser": "parsing_parsenet.pth",
+    }
+    assert weights.version_tasks(version) == weights.TASKS
+
+
+def test_v1_has_no_unaligned_face() -> None:
+    assert weights.version_tasks("v1") == weights.NET_TASKS
+    with pytest.raises(InvalidInputError, match="not available with v1"):
+        weights.required("v1", "unaligned_face")
+    assert not any(w.role.startswith("face_") for w in weights.version_files("v1"))
 
 
 # --- downloads against a local server ------------------------------------------------------------------

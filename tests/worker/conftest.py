@@ -75,6 +75,7 @@ class ScriptedPipeline:
             peak_memory_bytes=None,
             seed=options.seed or 0,
             sampler_steps=options.steps,
+            faces=None,  # RestoreResult's face count: only unaligned_face jobs have one
         )
 
     def restore_batch(
