@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from common.errors import JobStateError
+from common.job_store import stamp_expiry
 from common.jobs import Job
 from common.keys import OUTBOX_KEY, job_key
 from common.settings import Settings
@@ -86,6 +87,7 @@ class AsyncJobStore:
         """Write a new job record and its outbox entry in one MULTI (so a job that is never published is
         found and republished by a worker's outbox sweep); with ``tx`` (from ``transaction``), together with
         the writes already queued on it."""
+        stamp_expiry(job, self.ttl)
         if tx is None:
             async with self.transaction() as pipe:
                 created = await self._create_on(pipe, job)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import redis
 from redis.client import Pipeline
@@ -48,6 +49,7 @@ class JobStore:
 
     def create(self, job: Job) -> None:
         """Write a new job record and its outbox entry (API submissions use ``AsyncJobStore.create``)."""
+        stamp_expiry(job, self.ttl)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
             pipe.zadd(OUTBOX_KEY, {job.id: time.time()})
@@ -84,14 +86,19 @@ class JobStore:
             if job.status is not JobStatus.queued:
                 pipe.zrem(OUTBOX_KEY, job_id)  # started or ended: no message needed any more
             if job.status.terminal:
-                # Keep finished jobs for a full TTL after they finish, not after they were queued.
-                pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._write_finished(pipe, job)
                 pipe.delete(cancel_key(job_id))
             else:
                 pipe.set(key, job.to_redis(), keepttl=True)
             self._queue_consequences(pipe, before, job)
 
         return self._atomically(job_id, act)
+
+    def _write_finished(self, pipe: Pipeline, job: Job) -> None:
+        """Queue a finished job's write: kept a full TTL after it finished, not after it was queued (its
+        ``expires_at`` says so)."""
+        stamp_expiry(job, self.ttl, renew=True)
+        pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl)
 
     def _queue_consequences(self, pipe: Pipeline, before: JobStatus, job: Job) -> None:
         """What a written change implies, queued in its MULTI (see the module docstring)."""
@@ -249,7 +256,6 @@ class JobStore:
         answered "running" with a flag left behind. Raises ``JobStateError`` when the job already finished.
         Returns None when it does not exist.
         """
-        key = job_key(job_id)
 
         def act(pipe: Pipeline, job: Job) -> None:
             if job.status.terminal:
@@ -257,7 +263,7 @@ class JobStore:
             pipe.multi()
             if job.status is JobStatus.queued:
                 _cancel_now(job)
-                pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._write_finished(pipe, job)
                 pipe.zrem(OUTBOX_KEY, job_id)
                 self._queue_consequences(pipe, JobStatus.queued, job)
             else:
@@ -279,6 +285,12 @@ class Claim:
 
 def _text(raw: bytes | str | None) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def stamp_expiry(job: Job, ttl_s: int, *, renew: bool = False) -> None:
+    """Record in the document when Redis will delete it (the key's TTL is set in the same write)."""
+    if renew or job.expires_at is None:
+        job.expires_at = utcnow() + timedelta(seconds=ttl_s)
 
 
 def _check_attempt(job: Job, attempt: int | None) -> None:

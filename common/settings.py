@@ -71,6 +71,19 @@ class Settings(BaseSettings):
         description="Decode every pixel at submit (slower); by default the API checks headers and structure "
         "and the worker finds corrupt-but-complete data (the job fails with bad_input).",
     )
+    public_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="Base of the absolute URLs in job documents and webhooks (e.g. https://api.example.com); "
+        "unset: taken from each submission's request (Host / X-Forwarded-* through the proxy headers).",
+    )
+    max_sync_wait_s: int = Field(60, ge=0, le=60, description="Longest `Prefer: wait=N` a submit honours.")
+    callback_resolve_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Submit-time DNS check of callback_url (off the event loop); if it takes longer, the URL "
+        "is accepted on its syntax and delivery re-checks the resolved address, as it always does.",
+    )
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     max_queue_depth: int = Field(1000, ge=0, description="Submissions get 429 when the queue is deeper.")
     retry_after_seconds: int = Field(30, ge=1)
@@ -108,6 +121,15 @@ class Settings(BaseSettings):
         "process retries it. Must exceed webhook_timeout_s.",
     )
     webhook_poll_interval_s: float = Field(0.5, gt=0, description="How often idle senders look for work.")
+
+    # --- Image URLs (JSON submissions with "image": "https://...") ---
+    image_fetch_timeout_s: float = Field(20.0, gt=0, description="The whole download, DNS included.")
+    image_fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names, IPs or CIDRs allowed as image URLs; empty = any public host. Listed hosts "
+        "may resolve to private addresses (as for webhooks).",
+    )
+    image_fetch_allow_http: bool = Field(False, description="Also accept http:// image URLs (tests only).")
 
     # --- Queue (send side and worker share these) ---
     queue_name: str = "gpu"

@@ -259,7 +259,7 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
         timings["model_total" if name == "total" else name] = round(float(seconds), 6)
     timings["total"] = round(time.monotonic() - execution.started, 6)
     info = ResultInfo(
-        url=result_url(job.id),
+        url=result_url(job.id, job.urls),
         content_type=job.params.content_type,
         width=width,
         height=height,

@@ -238,6 +238,9 @@ def _base_env(redis_url: str) -> dict[str, str]:
         DIFFBIR_WEBHOOK_ALLOW_HOSTS=json.dumps(["127.0.0.1"]),
         DIFFBIR_WEBHOOK_BACKOFF_S="0.1",
         DIFFBIR_WEBHOOK_MAX_RETRIES="2",
+        # Image URLs from the tests' plain-http server on loopback (production: https, public hosts only).
+        DIFFBIR_IMAGE_FETCH_ALLOW_HTTP="true",
+        DIFFBIR_IMAGE_FETCH_ALLOW_HOSTS=json.dumps(["127.0.0.1"]),
         # A sender killed mid-delivery is replaced within seconds (the lease), not the production 30 s.
         DIFFBIR_WEBHOOK_TIMEOUT_S="2",
         DIFFBIR_WEBHOOK_LEASE_S="4",
