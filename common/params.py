@@ -45,6 +45,23 @@ COLOR_FIXES: tuple[str, ...] = get_args(ColorFix)
 DEFAULT_NEGATIVE_PROMPT = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**32 - 1
+# The worker runs stage 2 (the diffusion) with the output's short side raised to this (the full presets'
+# `model.planning.FULL_MIN_SHORT_EDGE`), and refuses jobs whose stage-2 image would exceed its pixel limit:
+# the API applies the same rule at submit (a 1x60000 strip is refused there, not after queueing).
+STAGE2_MIN_SHORT_EDGE = 512
+
+
+def stage2_size(width: int, height: int, min_short_edge: int = STAGE2_MIN_SHORT_EDGE) -> tuple[int, int]:
+    """(width, height) stage 2 runs at for an output of ``width`` x ``height`` (the model's
+    ``Planner.diffusion_size``: the short side raised to ``min_short_edge``, the long one scaled and
+    truncated)."""
+    if min(width, height) >= min_short_edge:
+        return width, height
+    if width == height:
+        return min_short_edge, min_short_edge
+    if width < height:
+        return min_short_edge, int(height * (min_short_edge / width))
+    return int(width * (min_short_edge / height)), min_short_edge
 
 
 class RestoreParams(BaseModel):
@@ -110,8 +127,13 @@ class RestoreParams(BaseModel):
     def content_type(self) -> str:
         return CONTENT_TYPES[self.output_format]
 
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the result (``model.inputs.output_size``)."""
+        return max(1, round(width * self.upscale)), max(1, round(height * self.upscale))
+
     def output_pixels(self, width: int, height: int) -> int:
-        return round(width * self.upscale) * round(height * self.upscale)
+        out_w, out_h = self.output_size(width, height)
+        return out_w * out_h
 
     def model_options(self) -> dict[str, object]:
         """Keyword arguments for ``model.options.RestoreOptions`` (kept here so both sides agree)."""

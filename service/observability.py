@@ -10,16 +10,16 @@ and, with tracing on, the trace id; never headers or bodies (API keys, uploads).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import telemetry
-from common.logging_setup import log_context
+from common.logging_setup import bound, pop_context, push_context
 from common.settings import Settings
 
 log = logging.getLogger("service.access")
@@ -37,7 +37,7 @@ def request_id_of(scope: Scope) -> str:
             if _CLIENT_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return os.urandom(8).hex()
 
 
 class RequestContextMiddleware:
@@ -63,12 +63,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        with log_context(request_id=request_id) as context:
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                if self.access_log and scope.get("path") not in UNTRACED:
-                    self._log(scope, context, status, time.perf_counter() - start)
+        # push/pop rather than the log_context block: this runs on every request, the status route included.
+        token = push_context(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log and scope.get("path") not in UNTRACED:
+                self._log(scope, bound(), status, time.perf_counter() - start)
+            pop_context(token)
 
     @staticmethod
     def _log(scope: Scope, context: dict[str, Any], status: int, seconds: float) -> None:

@@ -8,7 +8,7 @@ Buckets reach tens of minutes because a full-size sampler run on a slow GPU can 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -51,6 +51,19 @@ _MEMORY_BUCKETS = tuple(g * _GIB for g in (0.5, 1, 2, 4, 6, 8, 12, 16, 20, 24, 3
 
 # Stages the pipeline reports in RestoreResult.timings plus the worker's own decode/encode.
 STAGES = ("decode", "stage1", "vae_encode", "sampler", "vae_decode", "postprocess", "encode_output")
+
+
+def watch_outbox(gauge: Gauge, pending: Callable[[], int]) -> None:
+    """Read the outbox size when Prometheus scrapes (NaN while Redis does not answer)."""
+
+    def read() -> float:
+        try:
+            return float(pending())
+        except Exception as exc:  # a scrape must not fail because Redis is away
+            log.debug("webhook outbox size unavailable: %s", exc)
+            return float("nan")
+
+    gauge.set_function(read)
 
 
 class WorkerMetrics:
@@ -121,6 +134,12 @@ class WorkerMetrics:
             "diffbir_worker_webhook_deliveries_total",
             "Webhook deliveries by outcome.",
             ["outcome"],
+            registry=r,
+        )
+        self.webhook_outbox = Gauge(
+            "diffbir_worker_webhook_outbox_messages",
+            "Webhook messages in the shared outbox (due, being sent, or waiting for a retry); read from "
+            "Redis at scrape time, the same value on every worker.",
             registry=r,
         )
         self.busy = Gauge("diffbir_worker_busy", "1 while a job is running.", registry=r)

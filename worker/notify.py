@@ -16,6 +16,7 @@ from collections.abc import Callable
 import redis
 
 from common import telemetry
+from common.faults import fault_point
 from common.logging_setup import log_context
 from common.settings import Settings
 from common.webhook_outbox import Delivery, Outbox
@@ -55,6 +56,9 @@ class WebhookSender:
             except redis.RedisError as exc:  # Redis away: the messages wait there; try again later
                 log.warning("webhook outbox unavailable: %s", exc)
                 busy = False
+            except Exception:  # a bug must not stop the sender; the message is retried after its lease
+                log.exception("webhook sender error")
+                busy = False
             if not busy:
                 self._stop.wait(self.settings.webhook_poll_interval_s)
 
@@ -78,6 +82,7 @@ class WebhookSender:
             return
         s = self.settings
         secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+        fault_point("during_webhook")
         headers = signature_headers(delivery.id, delivery.body, secret, int(time.time()))
         result = deliver(
             delivery.url,

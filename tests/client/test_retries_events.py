@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from client import APIError, AsyncRestoreClient, RestoreClient
+from client import APIError, AsyncRestoreClient, RestoreClient, WaitTimeoutError
 from client.retries import RetryPolicy
 from tests.client.conftest import JOB_ID, FakeClock, ScriptedAPI, job_doc, json_response, problem
 
@@ -183,3 +183,19 @@ def test_async_client_waits_on_events_and_lists(api: ScriptedAPI) -> None:
         return job.status, ids
 
     assert asyncio.run(run()) == ("succeeded", [JOB_ID])
+
+
+def test_wait_timeout_while_following_events(api: ScriptedAPI, clock: FakeClock) -> None:
+    running = json.dumps(job_doc("running", "sampler", 1, 50))
+
+    def stalls() -> Iterator[bytes]:
+        yield f"id: 1-0\nevent: status\ndata: {running}\n\n".encode()
+        clock.now += 10  # nothing more arrives before the deadline: the read times out
+        raise httpx.ReadTimeout("no event")
+
+    stream = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=stalls())
+    api.on("GET", EVENTS_PATH, [stream])
+    with make_client(api, clock) as client, pytest.raises(WaitTimeoutError) as info:
+        client.wait(JOB_ID, timeout=5)
+    assert info.value.job.status == "running" and info.value.timeout == 5
+    assert [r.url.path for r in api.requests] == [EVENTS_PATH]

@@ -94,3 +94,15 @@ def test_defaults_agree(name: str) -> None:
 
 def test_default_negative_prompt_is_the_models() -> None:
     assert params.DEFAULT_NEGATIVE_PROMPT == options.OFFICIAL_DEFAULT_NEGATIVE_PROMPT
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(1, 60000), (60000, 1), (300, 200), (512, 512), (7, 7), (2000, 9)]
+)
+def test_stage2_size_is_the_planners(width: int, height: int) -> None:
+    """The API's submit-time size check computes the stage-2 size as the worker's planner does."""
+    from model.planning import FULL_MIN_SHORT_EDGE, Planner
+
+    assert params.STAGE2_MIN_SHORT_EDGE == FULL_MIN_SHORT_EDGE
+    h, w = Planner(min_short_edge=FULL_MIN_SHORT_EDGE).diffusion_size((height, width))
+    assert params.stage2_size(width, height) == (w, h)

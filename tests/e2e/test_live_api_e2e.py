@@ -6,6 +6,7 @@ Run on the Redis storage backend only: these features live in the record path, w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -169,40 +170,47 @@ def test_webhook_in_flight_when_its_sender_dies_is_sent_by_another(live_stack: S
         receiver.close()
 
 
+@contextlib.contextmanager
+def second_api(stack: Stack, name: str, **env: str) -> Iterator[Stack]:
+    """Another API process on the stack's Redis and worker, with settings of its own; ``stack.http`` talks
+    to it meanwhile."""
+    port = free_port()
+    api_env = dict(stack.env, DIFFBIR_PORT=str(port), DIFFBIR_HOST="127.0.0.1", **env)
+    api = ManagedProcess(name, stack.api.argv, api_env, stack.api.log_path.parent)
+    api.start()
+    original = stack.http
+    stack.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def up() -> bool:
+        assert api.alive, api.tail()
+        try:
+            return stack.http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 60, 0.1, what=f"{name} up")
+        yield stack
+    finally:
+        stack.http.close()
+        stack.http = original
+        api.stop()
+
+
 @pytest.fixture
 def quota_api(live_stack: Stack) -> Iterator[Stack]:
-    """A second API process on the same Redis and worker, with small per-key quotas."""
-    port = free_port()
-    env = dict(
-        live_stack.env,
-        DIFFBIR_PORT=str(port),
-        DIFFBIR_HOST="127.0.0.1",
+    """An API process with small per-key quotas."""
+    with second_api(
+        live_stack,
+        "api-quotas",
         DIFFBIR_MAX_ACTIVE_JOBS_PER_KEY="2",
         DIFFBIR_SUBMIT_RATE_PER_KEY="4",
         DIFFBIR_SUBMIT_RATE_WINDOW_S="60",
         DIFFBIR_MAX_QUEUE_DEPTH="100",
         # Keys of their own: submission logs are per key in Redis, shared with the main API's submissions.
         DIFFBIR_API_KEYS=json.dumps([CAROL, DAVE]),
-    )
-    api = ManagedProcess("api-quotas", live_stack.api.argv, env, live_stack.api.log_path.parent)
-    api.start()
-    original = live_stack.http
-    live_stack.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def up() -> bool:
-        assert api.alive, api.tail()
-        try:
-            return live_stack.http.get("/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 60, 0.1, what="quota API up")
-        yield live_stack
-    finally:
-        live_stack.http.close()
-        live_stack.http = original
-        api.stop()
+    ) as stack:
+        yield stack
 
 
 def test_per_key_quotas(quota_api: Stack) -> None:

@@ -29,6 +29,8 @@ from tests.conftest import RedisServer
 from tests.e2e.conftest import API_KEYS, WEBHOOK_SECRET, Stack, _base_env, wait_until
 from tests.worker.conftest import Receiver, png_bytes
 
+pytestmark = pytest.mark.slow  # two processes and a model load: about a minute (scripts/test.sh runs all)
+
 IMAGE = png_bytes(32, 32, (90, 140, 60))
 REDIS_PASSWORD = "redis-pw-7f3a9c2e"
 S3_KEY_ID = "AKIAOBSERVE7Q2X9ZK"

@@ -144,21 +144,25 @@ def open_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         api.stop()
 
 
-def allow_page_origin(stack: Stack) -> None:
-    """The CORS rule docs/api.md asks S3 deployments for: results may be read by the page's origin."""
+def s3_client(stack: Stack) -> Any:
     import boto3
 
     env = stack.env
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=env["DIFFBIR_S3_ENDPOINT_URL"],
         region_name="us-east-1",
         aws_access_key_id=env["DIFFBIR_S3_ACCESS_KEY_ID"],
         aws_secret_access_key=env["DIFFBIR_S3_SECRET_ACCESS_KEY"],
     )
+
+
+def allow_page_origin(stack: Stack) -> None:
+    """The CORS rule docs/api.md asks S3 deployments for: results may be read by the page's origin."""
     origin = f"http://127.0.0.1:{stack.api_port}"
     rule = {"AllowedOrigins": [origin], "AllowedMethods": ["GET"], "AllowedHeaders": ["*"]}
-    s3.put_bucket_cors(Bucket=env["DIFFBIR_S3_BUCKET"], CORSConfiguration={"CORSRules": [rule]})
+    bucket = stack.env["DIFFBIR_S3_BUCKET"]
+    s3_client(stack).put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
 
 
 def artifact(name: str) -> Path:
@@ -199,7 +203,7 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     stack: Stack, clean: Browser
 ) -> None:
     if stack.backend == "s3":
-        allow_page_origin(stack)
+        allow_page_origin(stack)  # what a real bucket needs (moto's server answers any origin anyway)
     page = open_page(clean)
     assert page.get_attribute("#restore-form", "data-options-source") in ("models", "openapi")
     assert page.locator("#sampler option").count() >= 2  # the vocabulary came from the server
@@ -220,6 +224,7 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     assert len(moving) >= 2 and len(steps) >= 2, f"progress did not visibly move: {samples}"
 
     expect(page.locator("#status-text")).to_have_text("Done.")
+    assert page.get_attribute("#status-box", "data-via") == "events"  # the live stream, not polling
     job_id = page.get_attribute("#status-box", "data-job")
     doc = stack.job(job_id)
     assert doc["status"] == "succeeded" and doc["params"]["steps"] == 24 and doc["params"]["seed"] == 7
@@ -252,10 +257,27 @@ def test_restore_shows_moving_progress_result_and_downloads_the_api_bytes(
     page.dispatch_event("#zoom", "input")
 
     # The recent list shows this job with a thumbnail; opening it shows the result again.
+    expect(page.locator("#recent-source")).to_have_text("Your latest jobs on this server.")  # GET /v1/jobs
     item = page.locator("#recent li button", has_text="succeeded").first
     expect(item).to_be_visible()
     assert item.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96
+    # Another tab with the same key: the server's list, thumbnails drawn from the results, one reopens.
+    other = open_page(clean)
+    other.fill("#api_key", KEY)
+    other.dispatch_event("#api_key", "change")
+    entry = other.locator(f"#recent button[aria-label^='Job {job_id}']")
+    expect(entry.locator("img")).to_be_visible()
+    assert entry.locator("img").evaluate("img => img.complete && img.naturalWidth") == 96  # min(240, width)
+    entry.click()
+    expect(other.locator("#compare")).to_be_visible()
+    assert other.locator("#compare").evaluate("el => el.classList.contains('after-only')")  # no input here
+    assert other.locator("#after").evaluate("img => img.complete && img.naturalWidth") == 96
+    assert other.get_attribute("#download", "download") == f"{job_id}.png"
     page.screenshot(path=artifact(f"page-tiny-preset-{stack.backend}.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 740})  # a phone: the result fits, no sideways scrolling
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.locator("#viewport").evaluate("el => el.getBoundingClientRect().right") <= 375
+    page.screenshot(path=artifact(f"page-phone-result-{stack.backend}.png"), full_page=True)
 
 
 @REDIS
@@ -333,24 +355,31 @@ def test_docs_render_from_local_assets(clean: Browser, path: str, ready: str) ->
 
 
 @REDIS
-def test_first_load_page_weight(clean: Browser) -> None:
-    """Bytes on the wire for a cold first load of ``/`` (headers + bodies, as Chromium reports them)."""
+@pytest.mark.parametrize(
+    ("path", "ready"),
+    [("/", "body[data-ready='1']"), ("/docs", ".swagger-ui .info"), ("/redoc", ".api-content")],
+)
+def test_first_load_page_weight(clean: Browser, path: str, ready: str) -> None:
+    """Bytes on the wire for a cold first load (headers + bodies as Chromium reports them, no compression)."""
     page = clean.page()
     finished: list[Any] = []
     page.on("requestfinished", lambda request: finished.append(request))
-    page.goto("/")
-    page.wait_for_selector("body[data-ready='1']")
+    page.goto(path)
+    page.wait_for_selector(ready, timeout=30_000)
     page.wait_for_load_state("networkidle")
     per_url = {}
     for request in finished:
         sizes = request.sizes()
         per_url[request.url] = sizes["responseBodySize"] + sizes["responseHeadersSize"]
     total = sum(per_url.values())
-    report = {"total_bytes": total, "requests": len(per_url), "per_url": per_url}
-    artifact("page-weight.json").write_text(json.dumps(report, indent=2))
-    print(f"page weight, first load of /: {total} bytes in {len(per_url)} requests")
-    assert any(url.endswith("/static/js/main.js") for url in per_url)
-    assert total < 200_000, report  # plain modules and one stylesheet: small by design
+    report = {"path": path, "total_bytes": total, "requests": len(per_url), "per_url": per_url}
+    name = "root" if path == "/" else path.strip("/")
+    artifact(f"page-weight-{name}.json").write_text(json.dumps(report, indent=2))
+    print(f"page weight, first load of {path}: {total} bytes in {len(per_url)} requests")
+    assert all(size > 0 for size in per_url.values()), per_url
+    if path == "/":
+        assert any(url.endswith("/static/js/main.js") for url in per_url)
+        assert total < 200_000, report  # plain modules and one stylesheet: small by design
 
 
 def run_module(page: Any, module: str, body: str, arg: Any = None) -> Any:
@@ -469,12 +498,19 @@ def test_auth_off_hides_the_key_field_and_a_job_runs_without_one(open_api: str, 
 def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browser) -> None:
     """As GET /v1/models would answer (served here by the browser's router): its choices and defaults win."""
     page = clean.page()
-    discovery = {
-        "version": "v2.1",
-        "tasks": ["sr", "face"],
-        "samplers": [{"name": "edm_dpm++_3m_sde"}, {"name": "spaced"}],
-        "defaults": {"sampler": "edm_dpm++_3m_sde", "steps": 10, "cfg_scale": 6},
-        "limits": {"steps": {"min": 1, "max": 60}},
+    discovery = {  # the shape of service/discovery.py: limits and choices beside the models
+        "source": "workers",
+        "models": [
+            {
+                "version": "v2.1",
+                "preset": "tiny",
+                "tasks": ["sr", "face"],
+                "samplers": {"edm_dpm++_3m_sde": ["s_noise"], "spaced": []},
+                "defaults": {"sampler": "edm_dpm++_3m_sde", "steps": 10, "cfg_scale": 6, "seed": None},
+            }
+        ],
+        "limits": {"steps": [1, 60], "upscale": [1, 8]},
+        "choices": {"task": ["sr", "face", "denoise"], "color_fix": ["wavelet", "none"]},
     }
     page.route("**/v1/models", lambda route: route.fulfill(json=discovery))
     page.goto("/")
@@ -485,6 +521,11 @@ def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browse
     assert (page.input_value("#steps"), page.get_attribute("#steps", "max")) == ("10", "60")
     assert page.input_value("#cfg_scale") == "6"
     assert page.get_attribute("#fidelity", "max") == "1"  # not in the document: from the schema
+    colour_fixes = page.eval_on_selector_all("#color_fix option", "options => options.map(o => o.value)")
+    assert colour_fixes == ["wavelet", "none"]  # from the document's choices
+    assert page.input_value("#seed") == ""  # a null default stays unset
+    note = page.locator("#model-note")
+    playwright_api.expect(note).to_contain_text("tiny preset: random weights, NOT a restoration model")
 
 
 @REDIS
@@ -521,3 +562,52 @@ def test_progress_comes_from_the_event_stream_and_polling_takes_over_when_it_bre
     playwright_api.expect(page.locator("#status-text")).to_have_text("Done.")
     via = page.get_attribute("#status-box", "data-via")
     assert via == ("events" if stream == "complete" else "polling")
+
+
+@REDIS
+def test_a_result_that_cannot_be_loaded_is_reported_as_such(clean: Browser) -> None:
+    """The job succeeds but fetching its result fails (here the API's answer when object storage refuses)."""
+    page = open_page(clean)
+    refused = {
+        "type": "urn:diffbir:problem:unavailable",
+        "title": "A backing service is unavailable",
+        "status": 503,
+        "detail": "object storage refused the request",
+        "code": "unavailable",
+    }
+    page.route(
+        "**/v1/jobs/*/result",
+        lambda route: route.fulfill(
+            status=503, json=refused, headers={"content-type": "application/problem+json"}
+        ),
+    )
+    page.fill("#api_key", KEY)
+    choose_file(page, "photo.png", sample_png(24, 16))
+    page.click("summary")
+    page.fill("#steps", "2")
+    page.click("#submit")
+    error = page.locator("#job-error")
+    playwright_api.expect(error).to_contain_text("succeeded; loading its result failed", timeout=120_000)
+    assert "A backing service is unavailable (503): object storage refused the request" in error.inner_text()
+    playwright_api.expect(page.locator("#status-text")).to_have_text(
+        "Finished, but the result could not be loaded."
+    )
+
+
+@REDIS
+def test_an_image_can_be_dropped_or_pasted(clean: Browser) -> None:
+    page = open_page(clean)
+    make_file = """([name, w, h]) => {
+        const canvas = document.createElement('canvas'); canvas.width = w; canvas.height = h;
+        return new Promise(ok => canvas.toBlob(b => { const t = new DataTransfer();
+            t.items.add(new File([b], name, {type: 'image/png'})); ok(t); }, 'image/png'));
+    }"""
+    dropped = page.evaluate_handle(make_file, ["dropped.png", 30, 20])
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
+    playwright_api.expect(page.locator("#image-status")).to_contain_text("dropped.png: 30×20")
+    pasted = page.evaluate_handle(make_file, ["pasted.png", 12, 34])
+    page.evaluate(
+        "t => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: t, bubbles: true}))", pasted
+    )
+    playwright_api.expect(page.locator("#image-status")).to_contain_text("pasted.png: 12×34")
+    assert page.is_visible("#preview")

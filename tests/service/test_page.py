@@ -114,6 +114,7 @@ def test_text_colours_meet_wcag_aa_contrast(client: TestClient, scheme: str) -> 
     pairs = [
         ("fg", "bg"), ("fg", "panel"), ("muted", "panel"), ("muted", "bg"), ("accent", "bg"),
         ("accent", "panel"), ("accent-fg", "accent"), ("error", "panel"), ("error", "bg"),
+        ("fg", "warning-bg"),
     ]  # fmt: skip
     for text, background in pairs:
         ratio = _contrast(palette[text], palette[background])

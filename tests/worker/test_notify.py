@@ -167,3 +167,60 @@ def test_progress_and_redelivered_starts_queue_no_webhook(harness: Harness) -> N
     outbox = Outbox(harness.client, 30)
     first = outbox.claim()
     assert first is not None and first.event == "start" and outbox.claim() is None
+
+
+def test_sender_threads_survive_an_error_and_retry_after_the_lease(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.notify
+
+    receiver = Receiver()
+    real_deliver = worker.notify.deliver
+    calls: list[int] = []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_deliver(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.notify, "deliver", flaky)
+    try:
+        harness.ctx = harness.make_ctx(webhook_allow_private=True)
+        job = harness.submit(callback_url=receiver.url)
+        assert run_job(harness.ctx, job.id) == "succeeded"
+        outbox, send, outcomes = sender(
+            harness, webhook_timeout_s=0.5, webhook_lease_s=1.0, webhook_poll_interval_s=0.05
+        )
+        send.start()
+        try:
+            deadline = time.monotonic() + 15
+            while not outcomes and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            send.stop(timeout_s=5)
+        assert outcomes == ["delivered"] and len(calls) == 2 and len(receiver.requests) == 1
+        assert outbox.pending() == 0
+    finally:
+        receiver.close()
+
+
+def test_outbox_gauge_reads_redis_at_scrape_time(harness: Harness) -> None:
+    from worker.metrics import WorkerMetrics, watch_outbox
+
+    metrics = WorkerMetrics()
+    outbox = Outbox(harness.client, 30)
+    watch_outbox(metrics.webhook_outbox, outbox.pending)
+    name = "diffbir_worker_webhook_outbox_messages"
+    assert metrics.registry.get_sample_value(name) == 0
+    harness.ctx = harness.make_ctx(webhook_allow_private=True)
+    job = harness.submit(callback_url="http://127.0.0.1:9/hook")
+    assert run_job(harness.ctx, job.id) == "succeeded"
+    assert metrics.registry.get_sample_value(name) == 1
+
+    def down() -> int:
+        raise redis.ConnectionError("redis away")
+
+    watch_outbox(metrics.webhook_outbox, down)
+    value = metrics.registry.get_sample_value(name)
+    assert value is not None and value != value  # NaN, and the scrape itself still works

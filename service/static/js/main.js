@@ -32,8 +32,9 @@ $("#api_key").addEventListener("change", async (event) => {
 
 async function initOptions() {
   try {
-    const { options, source, retry } = await loadOptions();
+    const { options, source, retry, model } = await loadOptions();
     applyOptions(form, options);
+    showModel(model);
     retryOptions = Boolean(retry);
     form.dataset.optionsSource = source;
     showFidelity();
@@ -41,18 +42,31 @@ async function initOptions() {
     $("#form-error").textContent = `Could not load the options: ${error.message}`;
   }
 }
+/** Say which weights the server runs; the tiny preset is said loudly (its output is noise by design). */
+function showModel(model) {
+  const note = $("#model-note");
+  const tiny = model?.preset === "tiny";
+  note.hidden = !model?.version && !tiny;
+  note.classList.toggle("warning", tiny);
+  note.textContent = tiny
+    ? "This server runs the tiny preset: random weights, NOT a restoration model. Results are noise."
+    : `Weights: DiffBIR ${model?.version ?? ""}`;
+}
 const showFidelity = () => ($("#fidelity-value").textContent = Number($("#fidelity").value).toFixed(2));
 $("#fidelity").addEventListener("input", showFidelity);
 for (const name of FIELDS) {
   form.elements.namedItem(name)?.addEventListener("input", (event) => (event.target.dataset.dirty = "1"));
 }
 
+// A prompt emptied on purpose is sent empty (the API keeps these); other empty fields mean "unset".
+const TEXT_FIELDS = ["prompt", "negative_prompt"];
+
 /** Only what the person changed: unset fields take the server's defaults (which may follow the weights). */
 function chosenFields() {
   const fields = {};
   for (const name of FIELDS) {
     const el = form.elements.namedItem(name);
-    if (el?.dataset.dirty && el.value !== "") fields[name] = el.value;
+    if (el?.dataset.dirty && (el.value !== "" || TEXT_FIELDS.includes(name))) fields[name] = el.value;
   }
   return fields;
 }
@@ -90,9 +104,11 @@ for (const type of ["dragenter", "dragover"]) {
   });
 }
 for (const type of ["dragleave", "drop"]) dropzone.addEventListener(type, () => dropzone.classList.remove("over"));
-dropzone.addEventListener("drop", (event) => {
+// A file dropped anywhere on the page is taken too (the browser would otherwise navigate away to it).
+document.addEventListener("dragover", (event) => event.preventDefault());
+document.addEventListener("drop", (event) => {
   event.preventDefault();
-  useImage(event.dataTransfer.files[0]);
+  useImage(event.dataTransfer?.files[0]);
 });
 document.addEventListener("paste", (event) => {
   const file = [...(event.clipboardData?.files || [])][0];
@@ -159,8 +175,17 @@ form.addEventListener("submit", async (event) => {
     showProgress(job);
     const done = await follow(job.id, showProgress);
     if (done.status === "succeeded") {
-      await showResult(done, inputs.get(job.id));
+      try {
+        await showResult(done, inputs.get(job.id));
+      } catch (error) {
+        // e.g. object storage without a CORS rule for this page (docs/api.md, "The page")
+        const why = error instanceof ApiError ? describe(error.problem) : error.message;
+        $("#status-text").textContent = "Finished, but the result could not be loaded.";
+        $("#job-error").textContent = `Job ${job.id} succeeded; loading its result failed: ${why}`;
+        return;
+      }
       $("#status-text").textContent = "Done.";
+      $("#compare").scrollIntoView({ block: "nearest" }); // on a phone the result is below the form
     } else {
       const why = done.error ? `${done.error.message} (${done.error.code})` : done.status;
       $("#job-error").textContent = `The job ${done.status}: ${why}`;

@@ -45,7 +45,12 @@ export function fromOpenAPI(spec) {
   return out;
 }
 
-const names = (list) => (Array.isArray(list) ? list.map((x) => (typeof x === "object" ? x.name ?? x.id : x)) : undefined);
+/** A list of names from ["a", ...], [{name: "a"}, ...] or {a: ..., ...} (e.g. sampler -> its hyper-parameters). */
+function names(list) {
+  if (Array.isArray(list)) return list.map((x) => (typeof x === "object" ? x.name ?? x.id : x));
+  if (list && typeof list === "object") return Object.keys(list);
+  return undefined;
+}
 
 function bounds(limit) {
   if (Array.isArray(limit)) return { min: limit[0], max: limit[1] };
@@ -55,17 +60,24 @@ function bounds(limit) {
   return {};
 }
 
-/** The same shape from a discovery document; tolerant of a list of models (the first one is served). */
-export function fromModels(doc) {
+const PLURAL = { task: "tasks", sampler: "samplers", color_fix: "color_fixes", output_format: "output_formats" };
+
+/** The discovery document's model entry (the first weights version listed) and its version/preset. */
+export function modelOf(doc) {
   const candidates = [doc, ...(doc?.models || doc?.data || doc?.versions || [])];
-  const model = candidates.find((c) => c && (c.tasks || c.samplers || c.defaults)) || {};
+  return candidates.find((c) => c && (c.tasks || c.samplers || c.defaults)) || {};
+}
+
+/** The same shape from a discovery document. Limits and choices may sit on the model or on the document. */
+export function fromModels(doc) {
+  const model = modelOf(doc);
   const defaults = model.defaults || {};
-  const limits = model.limits || model.bounds || {};
+  const limits = { ...(doc?.limits || doc?.bounds || {}), ...(model.limits || model.bounds || {}) };
+  const choices = { ...(doc?.choices || {}), ...(model.choices || {}) };
   const out = {};
   for (const name of FIELDS) {
     const entry = { default: defaults[name], ...bounds(limits[name]) };
-    const plural = { task: "tasks", sampler: "samplers", color_fix: "color_fixes", output_format: "output_formats" };
-    if (plural[name]) entry.choices = names(model[plural[name]]);
+    if (PLURAL[name]) entry.choices = names(model[PLURAL[name]]) ?? names(choices[name]);
     out[name] = entry;
   }
   return out;
@@ -96,7 +108,8 @@ export async function loadOptions() {
     return { options: schema, source: "openapi", retry: error.status === 401 };
   }
   if (!models) return { options: schema, source: "openapi", retry: false };
-  return { options: merge(fromModels(models), schema), source: "models" };
+  const { version = null, preset = null } = modelOf(models);
+  return { options: merge(fromModels(models), schema), source: "models", model: { version, preset } };
 }
 
 /** Fill selects and bounds; set each field the person has not touched to its default. */

@@ -45,9 +45,22 @@ export async function loadRecent() {
   return { jobs, source: "browser" };
 }
 
+const THUMB_PX = 240;
+const THUMB_MAX_SOURCE_BYTES = 8 * 1024 * 1024; // larger results get no preview: 12 of them would be ~100 MB
+
+/** A small copy of the job's result (the full image is fetched once, scaled down, and let go). */
 export async function thumbnail(job) {
-  if (job.status !== "succeeded") return null;
-  if (!thumbs.has(job.id)) thumbs.set(job.id, URL.createObjectURL(await getResult(job.id)));
+  if (job.status !== "succeeded" || (job.result?.bytes ?? 0) > THUMB_MAX_SOURCE_BYTES) return null;
+  if (!thumbs.has(job.id)) {
+    const bitmap = await createImageBitmap(await getResult(job.id), {
+      resizeWidth: Math.min(THUMB_PX, job.result?.width || THUMB_PX),
+      resizeQuality: "medium",
+    });
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+    thumbs.set(job.id, URL.createObjectURL(await canvas.convertToBlob({ type: "image/png" })));
+  }
   return thumbs.get(job.id);
 }
 
@@ -82,7 +95,7 @@ export async function renderRecent(list, sourceEl, onOpen) {
       } else {
         const empty = document.createElement("span");
         empty.className = "thumb-empty";
-        empty.textContent = job.status;
+        empty.textContent = job.status === "succeeded" ? "no preview" : job.status;
         button.append(empty);
       }
       const meta = document.createElement("span");
