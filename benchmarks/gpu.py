@@ -2,6 +2,8 @@
 
     python benchmarks/gpu.py --out results.json          # H100/H200, well under 8 minutes incl. warm-up
     python benchmarks/gpu.py --small --out small.json    # CPU: tiny/mid configs, batching and overhead ratios
+    python benchmarks/gpu.py --round2 --out r2.json      # round 2 (gpu_round2.py); scripts/gpu_round2.sh
+    python benchmarks/gpu.py --round2 --small --out r2-cpu.json   # the same legs as a CPU smoke run
 
 Measures (s/image through `DiffBIRPipeline.restore`, 512x512 output from a 128x128 input, sr x4):
 - 50-step spaced DDPM with guidance (fidelity 0.5) + CFG 4; 50-step without CFG (empty prompt, cfg 1);
@@ -78,7 +80,10 @@ def make_pipeline(
     split_cfg: bool = False,
     budget: int | None = None,
     cuda_graphs: bool | None = None,
+    **acceleration: Any,
 ) -> DiffBIRPipeline:
+    """The benchmark's pipeline: random weights of `cfg` with a BSRNet stage 1; `acceleration`: more
+    `Acceleration` fields (compile_sizes, compile_cache, compile_dynamic_batch)."""
     torch.manual_seed(0)
     cfg = get_preset(cfg) if isinstance(cfg, str) else cfg
     small = cfg.name != "full"
@@ -97,7 +102,9 @@ def make_pipeline(
         min_short_edge=64 if small else 512,
         stage2_settings=Stage2Settings(),
         tiles=TINY_TILES if small else FULL_TILES,
-        acceleration=Acceleration(compile=compile, cuda_graphs=cuda_graphs, channels_last=channels_last),
+        acceleration=Acceleration(
+            compile=compile, cuda_graphs=cuda_graphs, channels_last=channels_last, **acceleration
+        ),
     )
 
 
@@ -406,6 +413,15 @@ def main() -> int:
         "--compile-leg", action="store_true", help="last: torch.compile + CUDA graphs (compiles for minutes)"
     )
     parser.add_argument("--compile-leg-only", action="store_true", help="only the torch.compile leg")
+    parser.add_argument(
+        "--round2",
+        action="store_true",
+        help="only the round-2 legs (benchmarks/gpu_round2.py): real jobs, cold start, levers with drift",
+    )
+    parser.add_argument("--budget-s", type=float, default=540, help="round 2: skip legs that would end later")
+    parser.add_argument(
+        "--compile-cache", default=None, help="round 2: compile artifacts file (default: temp)"
+    )
     args = parser.parse_args()
     if not args.small and not torch.cuda.is_available():
         parser.error("no CUDA device: use --small for the CPU variant")
@@ -418,7 +434,12 @@ def main() -> int:
         results["wall_s"] = time.perf_counter() - started
         args.out.write_text(json.dumps(results, indent=2, default=float))
 
-    run(args, results, save)
+    if args.round2:
+        from gpu_round2 import run_round2
+
+        run_round2(args, results, save, make_pipeline)
+    else:
+        run(args, results, save)
     save()
     print(f"wrote {args.out} ({results['wall_s']:.0f}s)")
     return 0

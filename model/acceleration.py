@@ -9,8 +9,10 @@ gets the fastest form that is safe for that call.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,10 +42,18 @@ class Acceleration:
     `compile`: torch.compile the UNet and ControlNet, for every shape or, with `compile_sizes`, only for
     diffusion sizes (H, W) in pixels in that set (multiples of 64; 512x512 also covers tiled windows);
     other sizes run the eager nets, so an unusual size never waits a minute for a compilation.
+    `compile_dynamic_batch`: the batch axis is symbolic (`torch._dynamo.mark_dynamic`), so every batch of
+    two or more rows (CFG, image batches, tile micro-batches) shares ONE compilation; batch 1 gets its own,
+    because dynamo specialises sizes 0 and 1. Off: one compilation per batch size.
+    `compile_cache`: a file of torch.compile artifacts (`torch.compiler.save_cache_artifacts`): loaded
+    before the first compilation when it exists and written by `Accelerator.save_compile_cache` (the worker
+    does after its warm-up), so a new replica on the same image and GPU skips the compilations.
     """
 
     compile: bool = False
     compile_sizes: Collection[tuple[int, int]] | None = None
+    compile_dynamic_batch: bool = True
+    compile_cache: str | None = None
     cuda_graphs: bool | None = None
     channels_last: bool | None = None
     compile_latents: frozenset[tuple[int, int]] | None = field(init=False, repr=False, compare=False)
@@ -81,6 +91,9 @@ class Accelerator:
                     part.to(memory_format=torch.channels_last)
             for net in stage1.values():
                 net.to(memory_format=torch.channels_last)
+        self.compile_cache_loaded = False
+        if settings.compile and settings.compile_cache:
+            self.compile_cache_loaded = load_compile_cache(Path(settings.compile_cache))
         self._compiled: dict[int, ControlLDM] = self._compile() if settings.compile else {}
         use_graphs = cuda if settings.cuda_graphs is None else settings.cuda_graphs
         if use_graphs and not cuda and graphs is None:
@@ -96,6 +109,13 @@ class Accelerator:
         """Drop the graphs (their pool is memory the next request may need), e.g. after an OOM."""
         if self.graphs is not None:
             self.graphs.clear()
+
+    def save_compile_cache(self) -> int:
+        """Write this process's compile artifacts to `settings.compile_cache` (0 bytes when compile or the
+        cache is off, or nothing was compiled yet); returns the bytes written."""
+        if not (self.settings.compile and self.settings.compile_cache):
+            return 0
+        return save_compile_cache(Path(self.settings.compile_cache))
 
     def net_for(self, model: ControlLDM, x: torch.Tensor) -> ControlLDM:
         """The compiled twin of `model` when this latent size is one to compile, else `model` itself."""
@@ -158,12 +178,76 @@ class Accelerator:
         setattr(config, name, max(int(getattr(config, name)), COMPILE_RECOMPILE_LIMIT))
         done: dict[int, Any] = {}
 
+        dynamic_batch = self.settings.compile_dynamic_batch
+
         def compiled(mod: torch.nn.Module) -> Any:
             if id(mod) not in done:
-                done[id(mod)] = torch.compile(mod, dynamic=False)
+                twin = torch.compile(mod, dynamic=False)
+                done[id(mod)] = DynamicBatch(twin) if dynamic_batch else twin
             return done[id(mod)]
 
         return {
             id(m): ControlLDM(m.cfg, m.diffusion, compiled(m.unet), compiled(m.controlnet), m.vae, m.text)
             for m in self._models
         }
+
+
+class DynamicBatch(torch.nn.Module):
+    """A compiled net whose inputs get their batch axis marked dynamic before each call, so one compilation
+    serves every batch size >= 2 (see `Acceleration.compile_dynamic_batch`). Hand-written because
+    torch.compile has no switch for "only the batch axis": `dynamic=True` would make the spatial sizes
+    symbolic too and cost kernel quality; `mark_dynamic` per input is PyTorch's documented way."""
+
+    def __init__(self, compiled: Any) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        for value in (*args, *kwargs.values()):
+            _mark_batch(value)
+        return self.compiled(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # dtype, config, ... of the wrapped net (ControlLDM reads `unet.dtype`)
+            return getattr(self._modules["compiled"], name)
+
+
+def _mark_batch(value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.ndim and value.shape[0] > 1:  # size 1 is specialised by dynamo whatever the mark says
+            torch._dynamo.mark_dynamic(value, 0)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _mark_batch(item)
+
+
+def load_compile_cache(path: Path) -> bool:
+    """Load saved torch.compile artifacts into this process's caches (before compiling); False when the file
+    is missing or unreadable (then everything compiles as usual)."""
+    if not path.is_file():
+        log.info("no compile cache at %s: compiling from scratch", path)
+        return False
+    try:
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception:  # a stale or foreign file must never keep a worker from starting
+        log.warning("compile cache %s could not be loaded; compiling from scratch", path, exc_info=True)
+        return False
+    log.info("loaded compile cache %s (%s)", path, info)
+    return info is not None
+
+
+def save_compile_cache(path: Path) -> int:
+    """Write the artifacts of everything compiled (or loaded) in this process to `path`, atomically (a
+    replica reading it at the same time sees the old or the new file); returns the bytes written."""
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return 0
+    data, _ = saved
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    log.info("saved %d bytes of compile artifacts to %s", len(data), path)
+    return len(data)

@@ -443,6 +443,7 @@ class DiffBIRPipeline:
                 tile,
                 TileSizes.stride(tile),
                 progress=(lambda d, t: hooks.progress("stage1", d, t)) if hooks else None,
+                batch=plan.stage1_batch,
             )
         else:
             y = self.accel.stage1(net)(x)
@@ -486,12 +487,17 @@ class DiffBIRPipeline:
             fid = fidelity_mod.check_fidelity(options.fidelity)
             posterior = None
             if fid > 0 or not plan.vae_encode:
-                posterior = self._posterior(vae, target, plan.vae_encode)
+                posterior = self._posterior(vae, target, plan.vae_encode, plan.vae_encode_batch)
                 c_img = posterior.mode() * vae.scale_factor
                 if fid == 0:
                     posterior = None
             else:
-                c_img = vae.encode_tiled(target, plan.vae_encode, TileSizes.stride(plan.vae_encode))
+                c_img = vae.encode_tiled(
+                    target,
+                    plan.vae_encode,
+                    TileSizes.stride(plan.vae_encode),
+                    batch=plan.vae_encode_batch,
+                )
             c_img, _ = imageops.pad_to_multiple(c_img.float(), LATENT_PAD_MULTIPLE)
             c_txt = model.text.encode([options.prompt]).expand(b, -1, -1)
             use_cfg = options.cfg_scale != 1.0
@@ -532,17 +538,22 @@ class DiffBIRPipeline:
             hooks.progress("vae_decode", 0, 1)
             z = z[..., : h1 // LATENT_DOWNSCALE, : w1 // LATENT_DOWNSCALE]
             if plan.vae_decode:
-                decoded = vae.decode_tiled(z, plan.vae_decode, TileSizes.stride(plan.vae_decode))
+                decoded = vae.decode_tiled(
+                    z, plan.vae_decode, TileSizes.stride(plan.vae_decode), batch=plan.vae_decode_batch
+                )
             else:
                 decoded = self.accel.vae_decode(vae)(z)
             decoded = decoded.float()[:, :, :h0, :w0]
             hooks.progress("vae_decode", 1, 1)
         return decoded
 
-    def _posterior(self, vae: VAE, img: torch.Tensor, tile: int | None) -> DiagonalGaussianDistribution:
-        """The VAE posterior of `img`: tiled by the VAE, or untiled through a CUDA graph once warm."""
+    def _posterior(
+        self, vae: VAE, img: torch.Tensor, tile: int | None, batch: int = 1
+    ) -> DiagonalGaussianDistribution:
+        """The VAE posterior of `img`: tiled by the VAE (`batch` windows per forward), or untiled through a
+        CUDA graph once warm."""
         if tile:
-            return vae.posterior_tiled(img, tile, TileSizes.stride(tile))
+            return vae.posterior_tiled(img, tile, TileSizes.stride(tile), batch)
         return DiagonalGaussianDistribution(self.accel.vae_moments(vae)(img))
 
     def _guidance(

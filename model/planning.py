@@ -16,6 +16,7 @@ import torch
 from model import imageops
 from model.errors import InvalidInputError
 from model.sampling import Tiling
+from model.tiling import num_tiles
 
 # Activation estimates in bytes per element size (x2 for fp16, x4 for fp32), scaled by model width for other
 # presets. Measured with benchmarks/gpu.py (full SD 2.1 sizes, SDPA, H200): UNet+ControlNet about 37 kB/elem
@@ -36,6 +37,9 @@ TINY_MIN_SHORT_EDGE = 64
 PAD_MULTIPLE = 64  # pixels; the reference pads the stage-1 image to this before the VAE
 LATENT_PAD_MULTIPLE = 8  # latent cells (a no-op after the 64-pixel pad, kept to mirror the reference)
 LATENT_DOWNSCALE = 8  # pixels per latent cell (SD's VAE)
+# Most tiles of one image per forward. Past ~8 windows of 512 px (batch 16 with CFG) an H100/H200 is
+# saturated, so more would only grow the memory a CUDA graph of that shape pins in its pool.
+MAX_TILES_PER_FORWARD = 8
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,13 @@ class TilePlan:
     """Which parts run tiled for one batch (None = untiled)."""
 
     stage1_tile: int | None = None  # input pixels
-    latent: Tiling | None = None
+    latent: Tiling | None = None  # its `batch`: windows per UNet+ControlNet forward
     vae_encode: int | None = None  # window in pixels
     vae_decode: int | None = None  # window in latent cells
+    # Windows per forward of the tiled stage-1 net / VAE encoder / VAE decoder (see `tiles_per_forward`).
+    stage1_batch: int = 1
+    vae_encode_batch: int = 1
+    vae_decode_batch: int = 1
 
     @property
     def any(self) -> bool:
@@ -111,6 +119,13 @@ def default_budget(device: torch.device, reserved_bytes: int = 0) -> int:
         return 16 << 30
 
 
+def tiles_per_forward(window_bytes: float, budget: int, windows: int) -> int:
+    """How many windows of one image share a forward: as many as `budget` holds (each window costs
+    `window_bytes` of activations), at most `windows` and `MAX_TILES_PER_FORWARD`, at least one."""
+    fits = int(budget // max(1.0, window_bytes))
+    return max(1, min(fits, windows, MAX_TILES_PER_FORWARD))
+
+
 @dataclass(frozen=True)
 class Planner:
     """Sizes and tiling for one pipeline: its tile windows and the short side stage 2 runs at."""
@@ -145,10 +160,22 @@ class Planner:
         sizes = self.tiles
         latent = None
         if unet * lh * lw * rows > budget and max(lh, lw) > sizes.latent:
-            latent = Tiling(sizes.latent, sizes.stride(sizes.latent))
+            stride = sizes.stride(sizes.latent)
+            cells = min(lh, sizes.latent) * min(lw, sizes.latent)
+            k = tiles_per_forward(unet * cells * rows, budget, num_tiles(lh, lw, sizes.latent, stride))
+            latent = Tiling(sizes.latent, stride, batch=k)
         too_big = vae * ph * pw * batch > budget
         vae_encode = sizes.vae_encode if too_big and max(ph, pw) > sizes.vae_encode else None
         vae_decode = sizes.vae_decode if too_big and max(lh, lw) > sizes.vae_decode else None
+        enc_batch = dec_batch = 1
+        if vae_encode:
+            t = vae_encode
+            n = num_tiles(ph, pw, t, sizes.stride(t))
+            enc_batch = tiles_per_forward(vae * min(ph, t) * min(pw, t) * batch, budget, n)
+        if vae_decode:
+            t, d = vae_decode, LATENT_DOWNSCALE
+            n = num_tiles(lh, lw, t, sizes.stride(t))
+            dec_batch = tiles_per_forward(vae * min(lh, t) * d * min(lw, t) * d * batch, budget, n)
         # SwinIR runs at the diffusion size when untiled (see `DiffBIRPipeline.run_stage1`), the others at
         # the output size.
         s1_hw = (h, w) if nets.stage1_kind == "swinir" else out_hw
@@ -156,12 +183,25 @@ class Planner:
         s1_out = (s1_hw[0] * s1_hw[1]) if scale == 1 else in_hw[0] * in_hw[1] * scale**2
         s1_bytes = STAGE1_BYTES_PER_OUT_PIXEL * e
         stage1_tile = None
+        stage1_batch = 1
         if s1_bytes * s1_out * batch > budget:
             for tile in sizes.stage1:
                 stage1_tile = tile
                 if s1_bytes * (tile * scale) ** 2 * batch <= budget:
                     break
-        return TilePlan(stage1_tile=stage1_tile, latent=latent, vae_encode=vae_encode, vae_decode=vae_decode)
+            # Tiled, the net's input is the output size for x1 nets, the input size for BSRNet (run_stage1).
+            s1_in = out_hw if scale == 1 else in_hw
+            n = num_tiles(*s1_in, stage1_tile, sizes.stride(stage1_tile))
+            stage1_batch = tiles_per_forward(s1_bytes * (stage1_tile * scale) ** 2 * batch, budget, n)
+        return TilePlan(
+            stage1_tile=stage1_tile,
+            latent=latent,
+            vae_encode=vae_encode,
+            vae_decode=vae_decode,
+            stage1_batch=stage1_batch,
+            vae_encode_batch=enc_batch,
+            vae_decode_batch=dec_batch,
+        )
 
     def item_bytes(
         self, in_hw: tuple[int, int], out_hw: tuple[int, int], nets: NetSizes, cfg: bool, budget: int
@@ -170,7 +210,10 @@ class Planner:
         plan = self.plan(in_hw, out_hw, nets, 1, cfg, budget)
         h, w = self.diffusion_size(out_hw)
         d = LATENT_DOWNSCALE
-        cells = (plan.latent.tile**2) if plan.latent else math.ceil(h / d) * math.ceil(w / d)
+        # Tiled: the windows that share a forward are alive together.
+        cells = (
+            (plan.latent.tile**2 * plan.latent.batch) if plan.latent else math.ceil(h / d) * math.ceil(w / d)
+        )
         unet = UNET_BYTES_PER_CELL * nets.elem * nets.unet_ratio * cells * (2 if cfg else 1)
         return int(unet + IMAGE_BYTES_PER_PIXEL * max(h * w, out_hw[0] * out_hw[1]))
 

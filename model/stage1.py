@@ -325,11 +325,14 @@ class Stage1Net(nn.Module):
             y = self.net(x)  # BSRNet needs no padding; SCUNet pads (replicate) and crops inside its forward
         return y.to(img.dtype)
 
-    def forward_tiled(self, img: torch.Tensor, tile: int, stride: int, progress: Any = None) -> torch.Tensor:
-        """Gaussian-blended tiled forward (reference `make_tiled_fn`); SwinIR tiles: multiples of 64."""
+    def forward_tiled(
+        self, img: torch.Tensor, tile: int, stride: int, progress: Any = None, batch: int = 1
+    ) -> torch.Tensor:
+        """Gaussian-blended tiled forward (reference `make_tiled_fn`), `batch` windows per forward (the nets
+        treat batch items independently); SwinIR tiles: multiples of 64."""
         if self.kind == "swinir" and tile % SWINIR_PAD_MULTIPLE != 0:
             raise InvalidInputError(f"SwinIR tile size must be a multiple of {SWINIR_PAD_MULTIPLE}: {tile}")
-        return tiled_apply(self, img, tile, stride, scale=self.scale, progress=progress)
+        return tiled_apply(self, img, tile, stride, scale=self.scale, progress=progress, batch=batch)
 
 
 def build_stage1(

@@ -9,7 +9,7 @@ no library implements these exact quirks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,92 @@ def window_weights(
     return torch.tensor(gaussian_weights(width, height)[None, None], dtype=dtype, device=device)
 
 
+def window_batches(coords: Sequence[Coords], batch: int) -> list[list[Coords]]:
+    """`coords` in consecutive groups of at most `batch` windows, one forward each.
+
+    The group sizes differ by at most one (e.g. 11 windows, batch 4 -> 4, 4, 3), so a run has at most two
+    batch shapes (one CUDA graph or compiled shape each) and no nearly empty last forward.
+    """
+    if batch < 1:
+        raise InvalidInputError(f"tiles per forward must be >= 1, got {batch}")
+    n = len(coords)
+    groups = max(1, math.ceil(n / batch))
+    size, extra = divmod(n, groups)
+    out: list[list[Coords]] = []
+    start = 0
+    for g in range(groups):
+        end = start + size + (1 if g < extra else 0)
+        out.append(list(coords[start:end]))
+        start = end
+    return out
+
+
+def stack_windows(x: torch.Tensor, coords: Sequence[Coords]) -> torch.Tensor:
+    """The windows of `x` [B,C,H,W] stacked window-major on the batch axis: [len(coords)*B, C, h, w].
+
+    One window is returned as a view (no copy), so batch 1 runs exactly what per-window code ran.
+    """
+    views = [x[..., hi:hi_end, wi:wi_end] for hi, hi_end, wi, wi_end in coords]
+    return views[0] if len(views) == 1 else torch.cat(views)
+
+
+WeightsFn = Callable[[int, int], torch.Tensor]
+
+
+def blend_tiles(
+    run: Callable[[list[Coords]], torch.Tensor],
+    coords: Sequence[Coords],
+    out_hw: tuple[int, int],
+    region: Callable[[Coords], Coords],
+    device: torch.device,
+    batch: int = 1,
+    weights: WeightsFn | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Gaussian-blend the outputs of `run` over `coords`, up to `batch` windows per call of `run`.
+
+    `run(windows)` returns their outputs stacked window-major on the batch axis ([k*B, C', h', w']);
+    `region(window)` is where a window's output lands in the [B, C', *out_hw] result. Each window's output is
+    added in the same (row-major) order with the same weights whatever `batch` is, so batching changes the
+    result only by what the net itself computes differently at another batch size. Sums are float32.
+    `weights(h, w)` gives the weight map of an output window (default: `window_weights`, cached per call).
+    """
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def weights_for(h: int, w: int) -> torch.Tensor:
+        if weights is not None:
+            return weights(h, w)
+        if (h, w) not in cache:
+            cache[(h, w)] = window_weights(h, w, device=device)
+        return cache[(h, w)]
+
+    out: torch.Tensor | None = None
+    count = torch.zeros((1, 1, *out_hw), dtype=torch.float32, device=device)
+    done = 0
+    for group in window_batches(coords, batch):
+        ys = run(group)
+        if ys.shape[0] % len(group):
+            raise InvalidInputError(f"{len(group)} windows gave a batch of {ys.shape[0]} outputs")
+        b = ys.shape[0] // len(group)
+        if out is None:
+            out = torch.zeros((b, ys.shape[1], *out_hw), dtype=torch.float32, device=device)
+        for k, window in enumerate(group):
+            oh, oh_end, ow, ow_end = region(window)
+            y = ys[k * b : (k + 1) * b]
+            if tuple(y.shape[-2:]) != (oh_end - oh, ow_end - ow):
+                raise InvalidInputError(
+                    f"tile function returned {tuple(y.shape)}, expected spatial {(oh_end - oh, ow_end - ow)}"
+                )
+            w = weights_for(oh_end - oh, ow_end - ow)
+            out[..., oh:oh_end, ow:ow_end] += y.float() * w
+            count[..., oh:oh_end, ow:ow_end] += w
+        done += len(group)
+        if progress is not None:
+            progress(done, len(coords))
+    assert out is not None  # tile_coords always returns at least one window
+    return out / count
+
+
 def tiled_apply(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -70,37 +156,32 @@ def tiled_apply(
     stride: int,
     scale: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    batch: int = 1,
 ) -> torch.Tensor:
     """Run `fn` on overlapping `tile` x `tile` windows of `x` [B,C,H,W] and blend with gaussian weights.
 
-    `fn` maps a [B,C,t,t] window to [B,C',t*scale,t*scale]. Sums are kept in float32 (as the reference does
+    `fn` maps a [N,C,t,t] stack of windows to [N,C',t*scale,t*scale] (per item: a net, not a function of
+    the whole batch); `batch` windows go through one call. Sums are kept in float32 (as the reference does
     for fp32 inputs) so fp16/bf16 inputs do not lose precision while blending; the result has `x`'s dtype.
-    `progress(done, total)` is called after each window.
+    `progress(done, total)` is called after each call of `fn`.
     """
     if x.ndim != 4:
         raise InvalidInputError(f"expected a [B,C,H,W] tensor, got shape {tuple(x.shape)}")
-    b, _, h, w = x.shape
-    coords = tile_coords(h, w, tile, stride)
-    out: torch.Tensor | None = None
-    count = torch.zeros((1, 1, h * scale, w * scale), dtype=torch.float32, device=x.device)
-    weights_cache: dict[tuple[int, int], torch.Tensor] = {}
-    for i, (hi, hi_end, wi, wi_end) in enumerate(coords):
-        y = fn(x[..., hi:hi_end, wi:wi_end])
-        oh, ow = (hi_end - hi) * scale, (wi_end - wi) * scale
-        if tuple(y.shape[-2:]) != (oh, ow):
-            raise InvalidInputError(f"tile function returned {tuple(y.shape)}, expected spatial {(oh, ow)}")
-        if out is None:
-            out = torch.zeros((b, y.shape[1], h * scale, w * scale), dtype=torch.float32, device=x.device)
-        weights = weights_cache.get((oh, ow))
-        if weights is None:
-            weights = weights_cache[(oh, ow)] = window_weights(oh, ow, device=x.device)
-        region = (..., slice(hi * scale, hi_end * scale), slice(wi * scale, wi_end * scale))
-        out[region] += y.float() * weights
-        count[region] += weights
-        if progress is not None:
-            progress(i + 1, len(coords))
-    assert out is not None  # tile_coords always returns at least one window
-    return (out / count).to(x.dtype)
+    _, _, h, w = x.shape
+
+    def region(c: Coords) -> Coords:
+        return c[0] * scale, c[1] * scale, c[2] * scale, c[3] * scale
+
+    out = blend_tiles(
+        lambda windows: fn(stack_windows(x, windows)),
+        tile_coords(h, w, tile, stride),
+        (h * scale, w * scale),
+        region,
+        x.device,
+        batch=batch,
+        progress=progress,
+    )
+    return out.to(x.dtype)
 
 
 def num_tiles(h: int, w: int, tile: int, stride: int) -> int:

@@ -83,6 +83,22 @@ class WorkerSettings(Settings):
         '"all" = every size. Others run uncompiled (still graphed), so an unusual size never waits for a '
         "compilation; 512x512 also covers the windows of tiled images.",
     )
+    worker_compile_dynamic_batch: bool = Field(
+        True,
+        description="Compile the batch axis as symbolic: one compilation for every batch of 2+ rows (CFG, "
+        "image batches, tile micro-batches) plus one for batch 1, instead of one per batch size.",
+    )
+    worker_compile_cache: str = Field(
+        "",
+        description="torch.compile artifacts file (torch.compiler.save_cache_artifacts), loaded before the "
+        "warm-up when present, written after it. Put it on a volume the replicas share (same image and GPU "
+        "type) so a new replica skips the compilations. Empty = off.",
+    )
+    worker_inductor_cache_dir: str = Field(
+        "",
+        description="TORCHINDUCTOR_CACHE_DIR for this worker (inductor's on-disk kernel and graph caches); "
+        "empty = leave the environment's (default: a directory under /tmp).",
+    )
     worker_cuda_graphs: bool = Field(
         True,
         description="Replay the sampler's UNet+ControlNet step (and stage 1 / VAE at repeated sizes) as CUDA "

@@ -7,6 +7,7 @@ The only worker module that touches torch or ``model.pipeline``, and only inside
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,9 @@ def load_pipeline(settings: WorkerSettings) -> tuple[DiffBIRPipeline, type[Resto
     from model.options import RestoreOptions
     from model.pipeline import DiffBIRPipeline
 
+    if settings.worker_inductor_cache_dir:
+        # Read by inductor when it first looks for its cache, i.e. at the first compilation (after this).
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = settings.worker_inductor_cache_dir
     if settings.worker_device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"DIFFBIR_WORKER_DEVICE={settings.worker_device} but CUDA is not available")
     pipeline = DiffBIRPipeline.from_preset(
@@ -41,10 +45,19 @@ def load_pipeline(settings: WorkerSettings) -> tuple[DiffBIRPipeline, type[Resto
             compile=settings.worker_compile,
             compile_sizes=settings.compile_sizes(),
             cuda_graphs=None if settings.worker_cuda_graphs else False,  # None: on when the device is CUDA
+            compile_dynamic_batch=settings.worker_compile_dynamic_batch,
+            compile_cache=settings.worker_compile_cache or None,
         ),
     )
     if settings.worker_warmup or settings.worker_compile:
         warm_up(pipeline, RestoreOptions)
+        if settings.worker_compile and settings.worker_compile_cache:
+            try:
+                pipeline.accel.save_compile_cache()
+            except OSError:  # a read-only or full volume costs the next replica time, not this one its start
+                log.warning(
+                    "could not write the compile cache %s", settings.worker_compile_cache, exc_info=True
+                )
     return pipeline, RestoreOptions
 
 

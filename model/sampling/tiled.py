@@ -2,7 +2,10 @@
 
 Latents bigger than the model's comfortable size are denoised window by window (the reference's
 `make_tiled_fn` around the ControlLDM forward): each window gets its own slice of the condition latent and the
-outputs are blended with `model/tiling.py`'s weights. Because the blend is a weighted average, CFG, x0 and the
+outputs are blended with `model/tiling.py`'s weights. `Tiling.batch` windows go through one forward
+(stacked on the batch axis), so a large image costs a few big launches per step instead of one small launch
+per window; the blend is the same sum in the same order, so only the nets' own batch-size rounding differs.
+Because the blend is a weighted average, CFG, x0 and the
 sampler step can all run on the blended full-size output, so every sampler works tiled. Guidance, when on,
 runs per window on that window's target slice and is blended the same way (see `guide_tiled`).
 """
@@ -19,7 +22,7 @@ import torch
 
 from model.errors import InvalidInputError
 from model.sampling.cfg import Denoiser
-from model.tiling import Coords, tile_coords, window_weights
+from model.tiling import Coords, blend_tiles, stack_windows, tile_coords, window_weights
 
 if TYPE_CHECKING:
     from model.cldm import Condition
@@ -27,32 +30,48 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Window size and step in LATENT cells (pixels / 8)."""
+    """Window size and step in LATENT cells (pixels / 8), and how many windows share one model forward
+    (`batch`; the planner sizes it to the memory budget, see `model/planning.py`)."""
 
     tile: int
     stride: int
+    batch: int = 1
 
     def __post_init__(self) -> None:
         if self.tile <= 0 or not 0 < self.stride <= self.tile:
             raise InvalidInputError(f"tiling needs 0 < stride <= tile, got {self.tile=} {self.stride=}")
+        if self.batch < 1:
+            raise InvalidInputError(f"tiling needs batch >= 1, got {self.batch=}")
 
 
 def blend_windows(
     fn: Callable[[Coords], torch.Tensor], shape: torch.Size, tiling: Tiling, device: torch.device
 ) -> torch.Tensor:
-    """Sum of `fn(window) * gaussian` over the windows of a latent of `shape`, divided by the summed weights.
+    """Sum of `fn(window) * gaussian` over the windows of a latent of `shape`, divided by the summed weights,
+    one window per call (guidance keeps this: its windows each have their own loss and gradient).
 
     Sums are kept in float32 (like the reference for fp32 outputs) whatever dtype `fn` returns.
     """
-    b, c, h, w = shape
-    out = torch.zeros((b, c, h, w), dtype=torch.float32, device=device)
-    count = torch.zeros((1, 1, h, w), dtype=torch.float32, device=device)
-    for coords in tile_coords(h, w, tiling.tile, tiling.stride):
-        hi, hi_end, wi, wi_end = coords
-        weights = _device_weights(hi_end - hi, wi_end - wi, device)
-        out[..., hi:hi_end, wi:wi_end] += fn(coords).float() * weights
-        count[..., hi:hi_end, wi:wi_end] += weights
-    return out / count
+    return blend_window_batches(
+        lambda windows: fn(windows[0]), shape, dataclasses.replace(tiling, batch=1), device
+    )
+
+
+def blend_window_batches(
+    fn: Callable[[list[Coords]], torch.Tensor], shape: torch.Size, tiling: Tiling, device: torch.device
+) -> torch.Tensor:
+    """`blend_windows` with up to `tiling.batch` windows per call: `fn(windows)` returns their outputs
+    stacked window-major on the batch axis."""
+    _, _, h, w = shape
+    return blend_tiles(
+        fn,
+        tile_coords(h, w, tiling.tile, tiling.stride),
+        (h, w),
+        lambda coords: coords,
+        device,
+        batch=tiling.batch,
+        weights=lambda wh, ww: _device_weights(wh, ww, device),
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -66,17 +85,30 @@ def slice_condition(cond: Condition, coords: Coords) -> Condition:
     return dataclasses.replace(cond, c_img=cond.c_img[..., hi:hi_end, wi:wi_end])
 
 
+def stack_condition(cond: Condition, windows: list[Coords]) -> Condition:
+    """The condition of `windows` stacked like `stack_windows` stacks the latent: window-major, the text
+    context repeated per window."""
+    if len(windows) == 1:
+        return slice_condition(cond, windows[0])
+    return dataclasses.replace(
+        cond, c_txt=cond.c_txt.repeat(len(windows), 1, 1), c_img=stack_windows(cond.c_img, windows)
+    )
+
+
 def tiled_denoiser(model: Denoiser, tiling: Tiling) -> Denoiser:
-    """Wrap a denoiser so it runs window by window; the result has the same signature and output shape."""
+    """Wrap a denoiser so it runs window by window, `tiling.batch` windows per forward; the result has the
+    same signature and output shape. Batching windows needs a model that treats batch items independently
+    (every net here does); the windows' outputs are blended exactly as one by one."""
 
     def forward(x: torch.Tensor, t: torch.Tensor, cond: Condition, strength: float) -> torch.Tensor:
         if x.ndim != 4:
             raise InvalidInputError(f"expected a latent [B,C,H,W], got {tuple(x.shape)}")
 
-        def window(coords: Coords) -> torch.Tensor:
-            hi, hi_end, wi, wi_end = coords
-            return model(x[..., hi:hi_end, wi:wi_end], t, slice_condition(cond, coords), strength)
+        def windows(coords: list[Coords]) -> torch.Tensor:
+            k = len(coords)
+            tk = t if k == 1 else t.repeat(k)
+            return model(stack_windows(x, coords), tk, stack_condition(cond, coords), strength)
 
-        return blend_windows(window, x.shape, tiling, x.device).to(x.dtype)
+        return blend_window_batches(windows, x.shape, tiling, x.device).to(x.dtype)
 
     return forward

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +84,51 @@ def test_compile_sizes_setting_reaches_the_pipeline(monkeypatch: pytest.MonkeyPa
     )
     acceleration = seen["acceleration"]
     assert acceleration.compile_sizes is None and acceleration.cuda_graphs is False  # type: ignore[attr-defined]
+
+
+def test_compile_cache_settings_reach_the_pipeline_and_warm_up_saves_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A new replica: the artifacts file and the inductor dir go to the pipeline before anything compiles,
+    and the artifacts are written after the warm-up (so the next replica skips the compilations)."""
+    from model.pipeline import DiffBIRPipeline
+
+    seen: dict[str, object] = {}
+    events: list[str] = []
+
+    class FakePipeline:
+        class accel:  # stands in for the Accelerator attribute
+            @staticmethod
+            def save_compile_cache() -> int:
+                events.append("save")
+                return 1
+
+        def restore(self, image: object, options: object) -> None:
+            events.append("restore")
+
+    def fake_from_preset(**kwargs: object) -> object:
+        seen.update(kwargs)
+        events.append("build")
+        return FakePipeline()
+
+    monkeypatch.setattr(DiffBIRPipeline, "from_preset", staticmethod(fake_from_preset))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unchanged")  # restored after the test
+    cache = tmp_path / "artifacts.bin"
+    loading.load_pipeline(
+        worker_settings(
+            "redis://unused",
+            worker_compile=True,
+            worker_compile_cache=str(cache),
+            worker_inductor_cache_dir=str(tmp_path / "inductor"),
+            worker_compile_dynamic_batch=False,
+        )
+    )
+    acceleration = seen["acceleration"]
+    assert acceleration.compile_cache == str(cache)  # type: ignore[attr-defined]
+    assert acceleration.compile_dynamic_batch is False  # type: ignore[attr-defined]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert events == ["build", "restore", "restore", "save"]
+    events.clear()
+    loading.load_pipeline(worker_settings("redis://unused", worker_compile=True))
+    assert seen["acceleration"].compile_cache is None  # type: ignore[attr-defined]
+    assert events == ["build", "restore", "restore"]  # no file named: nothing saved
