@@ -17,6 +17,7 @@ from redis.client import Pipeline
 from common.errors import JobStateError
 from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
 from common.keys import cancel_key, job_key
+from common.params import RestoreParams
 from common.settings import Settings
 
 _MAX_TX_RETRIES = 50
@@ -124,12 +125,17 @@ class JobStore:
         result: ResultInfo,
         timings: dict[str, float] | None = None,
         attempt: int | None = None,
+        resolved: RestoreParams | None = None,
+        model_version: str | None = None,
     ) -> Job | None:
         """running -> succeeded. With ``attempt`` (the worker's fencing token, ``Job.attempts`` when it
-        started), refused with ``JobStateError`` once a newer attempt has taken the job over."""
+        started), refused with ``JobStateError`` once a newer attempt has taken the job over. ``resolved``
+        and ``model_version``: what ran (defaults filled in, the seed used) and on which weights."""
 
         def finish(job: Job) -> None:
             _check_attempt(job, attempt)
+            job.resolved = resolved if resolved is not None else job.resolved
+            job.model_version = model_version if model_version is not None else job.model_version
             job.status = JobStatus.succeeded
             job.finished_at = utcnow()
             job.result = result

@@ -87,6 +87,10 @@ class Job(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     result: ResultInfo | None = None
+    # What the worker ran: the parameters with its weights version's defaults filled in and the seed it
+    # used (``params`` stays what the client sent), and that weights version.
+    resolved: RestoreParams | None = None
+    model_version: str | None = None
     owner: str = ANONYMOUS_OWNER  # hash of the API key; never shown to clients
 
     def public_dict(self) -> dict[str, Any]:

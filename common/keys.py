@@ -18,6 +18,8 @@ KEY_PREFIX = "diffbir:"
 WORKERS_KEY = f"{KEY_PREFIX}workers"
 HOLDERS_KEY = f"{KEY_PREFIX}holders"
 PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
+# hash weights version -> the capability document its workers publish at start (common.capabilities)
+CAPABILITIES_KEY = f"{KEY_PREFIX}capabilities"
 
 OWNER_PREFIX = f"{KEY_PREFIX}owner:"
 HELD_PREFIX = f"{KEY_PREFIX}held:"

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from common.settings import Settings, get_settings
+from service import discovery
 from service.app_state import Services
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.problems import install_problem_handlers
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Routes are added flat rather than with include_router: this FastAPI version dispatches an included
     # router as a nested branch, a second route match on every request (measurable on the status route).
-    app.router.routes.extend([*api.routes, *ops.routes])
+    app.router.routes.extend([*api.routes, *ops.routes, *discovery.router.routes])
     _document_bearer_auth(app, enabled=bool(settings.api_keys))
     return app
 

@@ -24,7 +24,7 @@ from worker.batching import Batcher
 from worker.config import WorkerSettings, get_worker_settings
 from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
-from worker.loading import load_pipeline
+from worker.loading import load_pipeline, publish_capabilities
 from worker.metrics import WorkerMetrics, get_metrics
 from worker.recovery import Ownership, Publish
 
@@ -61,6 +61,7 @@ def build_context(
     if pipeline.graphs is not None:
         metrics.watch_graphs(pipeline.graphs)
     client = connect(settings)
+    publish_capabilities(client, pipeline)
     store = JobStore(client, settings)
     return WorkerContext(
         settings=settings,
