@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 BENCH_DIR := .bench
 
-.PHONY: help setup test lint lint-deploy demo bench settings-table
+.PHONY: help setup test lint lint-deploy demo bench settings-table prometheus-rule
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,3 +32,6 @@ bench: setup  ## sampler, API, queue and (small) GPU benchmarks; JSON results in
 
 settings-table:  ## regenerate the configuration table in README.md
 	$(PY) scripts/settings_table.py --write
+
+prometheus-rule:  ## regenerate the k8s PrometheusRule from deploy/prometheus/rules
+	$(PY) scripts/prometheus_rule.py --write

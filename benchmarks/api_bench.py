@@ -67,8 +67,14 @@ def bench_app() -> FastAPI:
     from common.settings import Settings
     from service.app import create_app
 
+    # Queue and per-key limits far above what the benchmark submits (no worker drains its jobs): every
+    # check still runs (the per-key quota is its Lua call per submit), none refuses.
     settings = Settings(
-        redis_url=os.environ["API_BENCH_REDIS_URL"], max_queue_depth=10**9, max_upload_bytes=4 * 1024 * 1024
+        redis_url=os.environ["API_BENCH_REDIS_URL"],
+        max_queue_depth=10**9,
+        max_upload_bytes=4 * 1024 * 1024,
+        max_active_jobs_per_key=10**9,
+        submit_rate_per_key=10**9,
     )
     app = create_app(settings)
 

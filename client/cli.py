@@ -1,6 +1,11 @@
 """``restore-client``: restore one image through the API from the command line, with a progress bar.
 
     restore-client photo.jpg -o restored.png --task sr --upscale 4 --fidelity 0.7 --steps 50
+    restore-client https://images.example.com/photo.jpg -o restored.png   # the server fetches the URL
+    restore-client list --status succeeded --limit 20                       # your jobs, newest first
+
+Progress comes live from the job's event stream (polling when the server has none); every request is
+retried politely on 429/503 and connection errors.
 
 Exit codes (stable, for scripts):
     0  restored image written
@@ -16,6 +21,7 @@ Exit codes (stable, for scripts):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from client.client import DEFAULT_URL, RestoreClient
+from client.client import DEFAULT_URL, RestoreClient, is_image_url
 from client.errors import APIError, JobFailedError, RestoreClientError, WaitTimeoutError
 from client.progress import JobProgressBar
 from client.vocabulary import FIELDS
@@ -42,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 job failed, 2 usage, 3 request refused (4xx), 4 timeout, "
         "5 API unreachable/5xx, 6 canceled, 130 interrupted.",
     )
-    parser.add_argument("input", type=Path, help="image to restore (PNG, JPEG, WebP...)")
+    parser.add_argument(
+        "input", help="image to restore (PNG, JPEG, WebP...): a file, or an https:// or data: URL"
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="where to write the restored image")
     parser.add_argument("--url", default=os.environ.get("DIFFBIR_URL", DEFAULT_URL), help="API base URL")
     parser.add_argument(
@@ -50,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job = parser.add_argument_group("restoration parameters (server defaults when omitted)")
     for spec in FIELDS:
-        flag = "--" + spec.name.replace("_", "-")
+        flag = "--" + (spec.flag or spec.name.replace("_", "-"))
         if spec.type is bool:
-            job.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=spec.help)
+            job.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=spec.help)
         else:
-            job.add_argument(flag, type=spec.type, choices=spec.choices, help=spec.help)
+            job.add_argument(flag, dest=spec.name, type=spec.type, choices=spec.choices, help=spec.help)
     run = parser.add_argument_group("behaviour")
     run.add_argument("--idempotency-key", help="retrying with the same key never creates a second job")
     run.add_argument("--timeout", type=float, help="seconds to wait for the job (default: no limit)")
@@ -84,7 +92,7 @@ def _err(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.input.is_file():
+    if not is_image_url(args.input) and not Path(args.input).is_file():
         _err(f"cannot read {args.input}")
         return EXIT_USAGE
     bar = JobProgressBar(disable=args.no_progress)
@@ -92,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     job_id: str | None = None
     with RestoreClient(args.url, args.api_key) as client:
         try:
-            job = client.submit(args.input, idempotency_key=args.idempotency_key, **_params(args))
+            image = args.input if is_image_url(args.input) else Path(args.input)
+            job = client.submit(image, idempotency_key=args.idempotency_key, **_params(args))
             job_id = job.id
             _err(f"job {job.id} {job.status}")
             bar.update(job)
@@ -135,7 +144,42 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def build_list_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restore-client list", description="List your jobs, newest first (one JSON document a line)."
+    )
+    parser.add_argument("--url", default=os.environ.get("DIFFBIR_URL", DEFAULT_URL), help="API base URL")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("DIFFBIR_API_KEY"), help="API key (env DIFFBIR_API_KEY)"
+    )
+    parser.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "canceled"])
+    parser.add_argument("--limit", type=int, default=20, help="how many jobs at most (default 20)")
+    return parser
+
+
+def run_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        _err("--limit must be at least 1")
+        return EXIT_USAGE
+    with RestoreClient(args.url, args.api_key) as client:
+        try:
+            for count, job in enumerate(client.iter_jobs(status=args.status, page_size=min(args.limit, 100))):
+                if count == args.limit:
+                    break
+                print(json.dumps(job.raw, separators=(",", ":")), flush=True)
+        except APIError as exc:
+            _err(str(exc))
+            return EXIT_UNAVAILABLE if exc.status >= 500 else EXIT_REJECTED
+        except (httpx.HTTPError, RestoreClientError) as exc:
+            _err(f"cannot talk to {args.url}: {exc}")
+            return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["list"]:
+        return run_list(build_list_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     return run(args)
 

@@ -1,7 +1,10 @@
 """HTTP clients for the restoration API: ``RestoreClient`` (sync) and ``AsyncRestoreClient`` (asyncio).
 
 Both speak only the public HTTP contract (docs/api.md) through httpx, so they work against any deployment.
-The request building and response parsing are shared; only the I/O and the sleeping differ.
+The request building and response parsing are shared; only the I/O and the sleeping differ. Every call is
+retried on 429/502/503/504 and connection errors (``client.retries``, honouring ``Retry-After``); a submit
+always carries an ``Idempotency-Key`` (generated when the caller gives none), so its retries never create a
+second job. ``wait`` follows the job's event stream (``client.events``) and falls back to polling.
 """
 
 from __future__ import annotations
@@ -10,39 +13,57 @@ import asyncio
 import mimetypes
 import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from client.errors import APIError, JobFailedError, RestoreClientError, WaitTimeoutError
-from client.jobs import Job, PollSchedule
+from client.events import afollow, follow
+from client.jobs import Job, JobPage, PollSchedule
+from client.retries import RetryPolicy, is_retryable
 
 ImageInput = str | os.PathLike[str] | bytes | IO[bytes]
+T = TypeVar("T")
 ProgressCallback = Callable[[Job], None]
 
 DEFAULT_URL = "http://localhost:8000"
-# Server-side transient states a poller should ride out rather than give up on (deploys, Redis failover).
-_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
-# ...but not forever: this many failed polls in a row means the server is really gone.
+# A poller rides out transient errors (client.retries.is_retryable: deploys, Redis failover), but not
+# forever: this many failed polls in a row means the server is really gone.
 MAX_CONSECUTIVE_POLL_ERRORS = 20
 
 
 def _form_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):  # webhook_events_filter: a form sends "start,completed"
+        return ",".join(str(v) for v in value)
     return str(value)
+
+
+_URL_PREFIXES = ("https://", "http://", "data:")
+
+
+def is_image_url(image: ImageInput) -> bool:
+    """An http(s) or data: URL the server fetches or decodes itself (sent as JSON, not uploaded)."""
+    return isinstance(image, str) and image.startswith(_URL_PREFIXES)
 
 
 def build_submit_request(
     image: ImageInput, filename: str | None, params: dict[str, Any], idempotency_key: str | None
-) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
-    """Multipart ``files``, form ``data`` and extra headers for ``POST /v1/restore``.
+) -> dict[str, Any]:
+    """Keyword arguments of ``POST /v1/restore``: a multipart upload, or a JSON body for an image URL.
 
-    ``None`` values are left out so the server's defaults apply; the server validates everything else.
+    ``None`` values are left out so the server's defaults apply; the server validates everything else. The
+    Idempotency-Key is generated when not given, so retrying the request is always safe.
     """
+    headers = {"Idempotency-Key": idempotency_key or f"rc-{uuid.uuid4()}"}
+    if is_image_url(image):
+        body = {"image": image, **{key: value for key, value in params.items() if value is not None}}
+        return {"json": body, "headers": headers}
     if isinstance(image, bytes):
         content, name = image, filename or "image"
     elif isinstance(image, str | os.PathLike):
@@ -52,8 +73,7 @@ def build_submit_request(
         content, name = image.read(), filename or Path(getattr(image, "name", "image")).name
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     data = {key: _form_value(value) for key, value in params.items() if value is not None}
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    return {"image": (name, content, content_type)}, data, headers
+    return {"files": {"image": (name, content, content_type)}, "data": data, "headers": headers}
 
 
 def parse_job(response: httpx.Response) -> Job:
@@ -64,6 +84,20 @@ def parse_job(response: httpx.Response) -> Job:
         return Job.from_dict(response.json())
     except ValueError as exc:
         raise RestoreClientError(f"unexpected answer from {response.request.url}: {exc}") from exc
+
+
+def parse_page(response: httpx.Response) -> JobPage:
+    if response.is_error:
+        raise APIError.from_response(response)
+    try:
+        return JobPage.from_dict(response.json())
+    except ValueError as exc:
+        raise RestoreClientError(f"unexpected answer from {response.request.url}: {exc}") from exc
+
+
+def list_params(status: str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    params = {"status": status, "limit": limit, "cursor": cursor}
+    return {key: value for key, value in params.items() if value is not None}
 
 
 def check_result(response: httpx.Response) -> bytes:
@@ -82,12 +116,6 @@ def _job_path(job_id: str, suffix: str = "") -> str:
     """The job's URL path with the id percent-encoded: an id such as ``../../metrics`` (from user input)
     must address no job at all rather than another route, with the API key attached."""
     return f"/v1/jobs/{quote(str(job_id), safe='')}{suffix}"
-
-
-def _is_transient(exc: Exception) -> bool:
-    if isinstance(exc, APIError):
-        return exc.status in _TRANSIENT_STATUSES
-    return isinstance(exc, httpx.TransportError)
 
 
 class _Base:
@@ -115,6 +143,7 @@ class RestoreClient(_Base):
         api_key: str | None = None,
         *,
         timeout: float = 60.0,
+        retries: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -122,6 +151,7 @@ class RestoreClient(_Base):
         super().__init__(base_url, api_key, timeout, "diffbir-restore-client")
         self._http = httpx.Client(transport=transport, **self._client_kwargs)
         self._sleep, self._clock = sleep, clock
+        self.retries = retries or RetryPolicy()
 
     def __enter__(self) -> RestoreClient:
         return self
@@ -132,6 +162,9 @@ class RestoreClient(_Base):
     def close(self) -> None:
         self._http.close()
 
+    def _call(self, send: Callable[[], T]) -> T:
+        return self.retries.call(send, self._sleep)
+
     def submit(
         self,
         image: ImageInput,
@@ -140,22 +173,43 @@ class RestoreClient(_Base):
         idempotency_key: str | None = None,
         **params: Any,
     ) -> Job:
-        """Upload an image with restoration parameters (fidelity, task, upscale, steps, sampler, seed...)."""
-        files, data, headers = build_submit_request(image, filename, params, idempotency_key)
-        return parse_job(self._http.post("/v1/restore", files=files, data=data, headers=headers))
+        """Submit an image (a path, bytes, a file, or an ``https://``/``data:`` URL the server fetches) with
+        restoration parameters (fidelity, task, upscale, steps, sampler, seed...)."""
+        request = build_submit_request(image, filename, params, idempotency_key)
+        return self._call(lambda: parse_job(self._http.post("/v1/restore", **request)))
 
     def get(self, job_id: str) -> Job:
-        return parse_job(self._http.get(_job_path(job_id)))
+        return self._call(lambda: parse_job(self._http.get(_job_path(job_id))))
+
+    def list_jobs(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobPage:
+        """One page of your jobs, newest first; pass ``page.next_cursor`` as ``cursor`` for the next."""
+        params = list_params(status, limit, cursor)
+        return self._call(lambda: parse_page(self._http.get("/v1/jobs", params=params)))
+
+    def iter_jobs(self, *, status: str | None = None, page_size: int = 50) -> Iterator[Job]:
+        """Every job of yours (optionally with one status), newest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list_jobs(status=status, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def cancel(self, job_id: str) -> Job:
-        response = self._http.delete(_job_path(job_id))
-        if response.status_code == 204:
-            return self.get(job_id)
-        return parse_job(response)
+        def send() -> Job:
+            response = self._http.delete(_job_path(job_id))
+            if response.status_code == 204:
+                return self.get(job_id)
+            return parse_job(response)
+
+        return self._call(send)
 
     def result(self, job_id: str) -> bytes:
         """The restored image's bytes (following a redirect to the object store if the API sends one)."""
-        return check_result(self._http.get(_job_path(job_id, "/result")))
+        return self._call(lambda: check_result(self._http.get(_job_path(job_id, "/result"))))
 
     def wait(
         self,
@@ -165,18 +219,28 @@ class RestoreClient(_Base):
         timeout: float | None = None,
         schedule: PollSchedule | None = None,
         raise_on_failure: bool = True,
+        events: bool = True,
     ) -> Job:
-        """Poll until the job is done; ``on_progress`` sees every snapshot. Transient errors are retried."""
-        schedule = schedule or PollSchedule()
+        """Until the job is done: follow its event stream (``events``), else poll; ``on_progress`` sees every
+        snapshot. Transient errors are retried."""
         deadline = None if timeout is None else self._clock() + timeout
+        if events:
+
+            def remaining() -> float | None:
+                return None if deadline is None else deadline - self._clock()
+
+            done = follow(self._http, _job_path(job_id), on_progress or _ignore, remaining, timeout)
+            if done is not None:
+                return finished_or_raise(done, raise_on_failure)
+        schedule = schedule or PollSchedule()
         job: Job | None = None
         failures = 0
         while True:
             try:
-                job = self.get(job_id)
+                job = parse_job(self._http.get(_job_path(job_id)))
             except (APIError, httpx.TransportError) as exc:
                 failures += 1
-                if job is None or not _is_transient(exc) or failures >= MAX_CONSECUTIVE_POLL_ERRORS:
+                if job is None or not is_retryable(exc) or failures >= MAX_CONSECUTIVE_POLL_ERRORS:
                     raise
             else:
                 failures = 0
@@ -186,10 +250,10 @@ class RestoreClient(_Base):
                     return finished_or_raise(job, raise_on_failure)
             delay = schedule.next_delay(job)
             if deadline is not None:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
+                remaining_s = deadline - self._clock()
+                if remaining_s <= 0:
                     raise WaitTimeoutError(job, timeout or 0.0)
-                delay = min(delay, remaining)
+                delay = min(delay, remaining_s)
             self._sleep(delay)
 
     def restore(
@@ -210,7 +274,8 @@ class RestoreClient(_Base):
 
 
 class AsyncRestoreClient(_Base):
-    """asyncio client with the same methods as ``RestoreClient`` (all coroutines)."""
+    """asyncio client with the same methods as ``RestoreClient`` (all coroutines; ``iter_jobs`` is an async
+    iterator)."""
 
     def __init__(
         self,
@@ -218,10 +283,12 @@ class AsyncRestoreClient(_Base):
         api_key: str | None = None,
         *,
         timeout: float = 60.0,
+        retries: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
         super().__init__(base_url, api_key, timeout, "diffbir-restore-client")
         self._http = httpx.AsyncClient(transport=transport, **self._client_kwargs)
+        self.retries = retries or RetryPolicy()
 
     async def __aenter__(self) -> AsyncRestoreClient:
         return self
@@ -240,20 +307,53 @@ class AsyncRestoreClient(_Base):
         idempotency_key: str | None = None,
         **params: Any,
     ) -> Job:
-        files, data, headers = build_submit_request(image, filename, params, idempotency_key)
-        return parse_job(await self._http.post("/v1/restore", files=files, data=data, headers=headers))
+        request = build_submit_request(image, filename, params, idempotency_key)
+
+        async def send() -> Job:
+            return parse_job(await self._http.post("/v1/restore", **request))
+
+        return await self.retries.acall(send)
 
     async def get(self, job_id: str) -> Job:
-        return parse_job(await self._http.get(_job_path(job_id)))
+        async def send() -> Job:
+            return parse_job(await self._http.get(_job_path(job_id)))
+
+        return await self.retries.acall(send)
+
+    async def list_jobs(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobPage:
+        params = list_params(status, limit, cursor)
+
+        async def send() -> JobPage:
+            return parse_page(await self._http.get("/v1/jobs", params=params))
+
+        return await self.retries.acall(send)
+
+    async def iter_jobs(self, *, status: str | None = None, page_size: int = 50) -> AsyncIterator[Job]:
+        cursor: str | None = None
+        while True:
+            page = await self.list_jobs(status=status, limit=page_size, cursor=cursor)
+            for job in page.jobs:
+                yield job
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def cancel(self, job_id: str) -> Job:
-        response = await self._http.delete(_job_path(job_id))
-        if response.status_code == 204:
-            return await self.get(job_id)
-        return parse_job(response)
+        async def send() -> Job:
+            response = await self._http.delete(_job_path(job_id))
+            if response.status_code == 204:
+                return await self.get(job_id)
+            return parse_job(response)
+
+        return await self.retries.acall(send)
 
     async def result(self, job_id: str) -> bytes:
-        return check_result(await self._http.get(_job_path(job_id, "/result")))
+        async def send() -> bytes:
+            return check_result(await self._http.get(_job_path(job_id, "/result")))
+
+        return await self.retries.acall(send)
 
     async def wait(
         self,
@@ -263,18 +363,27 @@ class AsyncRestoreClient(_Base):
         timeout: float | None = None,
         schedule: PollSchedule | None = None,
         raise_on_failure: bool = True,
+        events: bool = True,
     ) -> Job:
-        schedule = schedule or PollSchedule()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        if events:
+
+            def remaining() -> float | None:
+                return None if deadline is None else deadline - loop.time()
+
+            done = await afollow(self._http, _job_path(job_id), on_progress or _ignore, remaining, timeout)
+            if done is not None:
+                return finished_or_raise(done, raise_on_failure)
+        schedule = schedule or PollSchedule()
         job: Job | None = None
         failures = 0
         while True:
             try:
-                job = await self.get(job_id)
+                job = parse_job(await self._http.get(_job_path(job_id)))
             except (APIError, httpx.TransportError) as exc:
                 failures += 1
-                if job is None or not _is_transient(exc) or failures >= MAX_CONSECUTIVE_POLL_ERRORS:
+                if job is None or not is_retryable(exc) or failures >= MAX_CONSECUTIVE_POLL_ERRORS:
                     raise
             else:
                 failures = 0
@@ -284,10 +393,10 @@ class AsyncRestoreClient(_Base):
                     return finished_or_raise(job, raise_on_failure)
             delay = schedule.next_delay(job)
             if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                remaining_s = deadline - loop.time()
+                if remaining_s <= 0:
                     raise WaitTimeoutError(job, timeout or 0.0)
-                delay = min(delay, remaining)
+                delay = min(delay, remaining_s)
             await asyncio.sleep(delay)
 
     async def restore(
@@ -304,3 +413,7 @@ class AsyncRestoreClient(_Base):
             on_progress(job)
         await self.wait(job.id, on_progress=on_progress, timeout=timeout)
         return await self.result(job.id)
+
+
+def _ignore(job: Job) -> None:
+    """The progress callback of a caller that did not pass one."""

@@ -60,6 +60,22 @@ class Job:
         return self.status == "succeeded"
 
 
+@dataclass(frozen=True)
+class JobPage:
+    """A page of ``GET /v1/jobs``: jobs newest first, and the cursor of the next page (None: last page)."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobPage:
+        if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+            raise ValueError(f"not a job list: {data!r:.200}")
+        cursor = data.get("next_cursor")
+        jobs = [Job.from_dict(job) for job in data["jobs"]]
+        return cls(jobs=jobs, next_cursor=str(cursor) if cursor else None)
+
+
 class PollSchedule:
     """Delays between status polls: short while the job moves, growing (x``factor``) while it does not.
 

@@ -42,6 +42,7 @@ class Field:
     type: Callable[[str], object]  # str, int, float or bool
     help: str
     choices: tuple[str, ...] | None = None
+    flag: str | None = None  # the restore-client flag when not the name with dashes
 
 
 FIELDS: tuple[Field, ...] = (
@@ -56,7 +57,7 @@ FIELDS: tuple[Field, ...] = (
     Field("output_format", str, "default: from -o's suffix", OUTPUT_FORMATS),
     Field("prompt", str, "positive prompt" + BY_VERSION),
     Field("negative_prompt", str, "negative prompt" + BY_VERSION),
-    Field("callback_url", str, "webhook notified when the job finishes"),
+    Field("callback_url", str, "webhook notified when the job starts/finishes"),
     Field("strength", float, "ControlNet strength; lower = more creative" + BY_VERSION),
     Field("noise_aug", int, "noise augmentation of the condition (a timestep)" + BY_VERSION),
     Field("start_point", str, "start from noise or the diffused condition" + BY_VERSION, START_POINTS),
@@ -78,4 +79,10 @@ FIELDS: tuple[Field, ...] = (
     Field("vae_decode_tile", int, "VAE decoder tile, px (default: automatic)"),
     Field("latent_tile", int, "diffusion tile, px (default: automatic)"),
     Field("latent_stride", int, "diffusion tile stride, px"),
+    Field(
+        "webhook_events_filter",
+        str,
+        "comma-separated webhook events: start, completed (default: completed)",
+        flag="webhook-events",
+    ),
 )

@@ -89,8 +89,23 @@ class IdempotencyKeyReusedError(UnprocessableError):
 class TooManyRequestsError(ServiceError):
     status, code, title = 429, "queue_full", "Too many queued jobs, retry later"
 
-    def __init__(self, detail: str | None = None, *, retry_after_s: int, **extra: Any):
-        super().__init__(detail, headers={"Retry-After": str(int(retry_after_s))}, **extra)
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after_s: int,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
+        super().__init__(detail, headers={**(headers or {}), "Retry-After": str(int(retry_after_s))}, **extra)
+
+
+class ActiveJobsLimitError(TooManyRequestsError):
+    code, title = "active_jobs_limit", "This API key has too many queued and running jobs"
+
+
+class RateLimitedError(TooManyRequestsError):
+    code, title = "rate_limited", "This API key submitted too many jobs recently"
 
 
 class ServiceUnavailableError(ServiceError):

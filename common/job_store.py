@@ -5,6 +5,11 @@ document, checks the current status against the allowed sources and writes only 
 meantime, so a cancel and a finish can never both win. Finished jobs are kept ``job_ttl_seconds`` after they
 finish. Writes of a worker's attempt carry its number (``attempt``) and are refused once a newer attempt has
 taken the job over (fencing).
+
+Every write of a document also queues, in the same MULTI, what follows from it: the entry of the job's event
+stream (``common.progress_events``), the release of its owner's active-job slot when it ends
+(``common.quotas``) and the webhook message its new status causes (``common.webhook_outbox``). So none of
+them can be lost or sent for a change that did not happen, whichever process made the change.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from common.errors import JobStateError
 from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
 from common.keys import cancel_key, job_key
 from common.params import RestoreParams
+from common.progress_events import queue_event
+from common.quotas import queue_release
 from common.settings import Settings
+from common.webhook_outbox import queue_for_change
 
 _MAX_TX_RETRIES = 50
 
@@ -60,6 +68,7 @@ class JobStore:
         def act(pipe: Pipeline, job: Job) -> None:
             if job.status not in allowed:
                 raise JobStateError(f"job {job_id} is {job.status}")
+            before = job.status
             mutate(job)
             pipe.multi()
             if job.status.terminal:
@@ -68,8 +77,16 @@ class JobStore:
                 pipe.delete(cancel_key(job_id))
             else:
                 pipe.set(key, job.to_redis(), keepttl=True)
+            self._queue_consequences(pipe, before, job)
 
         return self._atomically(job_id, act)
+
+    def _queue_consequences(self, pipe: Pipeline, before: JobStatus, job: Job) -> None:
+        """What a written change implies, queued in its MULTI (see the module docstring)."""
+        queue_event(pipe, job, status_changed=job.status is not before, ttl_s=self.ttl)
+        if job.status.terminal and not before.terminal:
+            queue_release(pipe, job.owner, job.id)
+        queue_for_change(pipe, before, job)
 
     def _atomically(self, job_id: str, act: Callable[[Pipeline, Job], None]) -> Job | None:
         """Read the job under WATCH, let ``act`` check it and queue its writes (after ``pipe.multi()``), and
@@ -192,6 +209,7 @@ class JobStore:
             if job.status is JobStatus.queued:
                 _cancel_now(job)
                 pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._queue_consequences(pipe, JobStatus.queued, job)
             else:
                 pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
 

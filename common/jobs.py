@@ -91,6 +91,9 @@ class Job(BaseModel):
     # used (``params`` stays what the client sent), and that weights version.
     resolved: RestoreParams | None = None
     model_version: str | None = None
+    # W3C trace context of the submitting request (common.telemetry); null when tracing is off. The worker
+    # continues this trace whichever delivery runs the job; clients may quote its trace id.
+    traceparent: str | None = None
     owner: str = ANONYMOUS_OWNER  # hash of the API key; never shown to clients
 
     def public_dict(self) -> dict[str, Any]:

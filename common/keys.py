@@ -5,8 +5,16 @@ Per job (each expires): ``job:{id}`` (the JSON document), ``cancel:{id}`` (cance
 Per client: ``idem:{owner}:{hash}`` (Idempotency-Key -> job id). Per worker (pruned by heartbeats and
 reaping): ``workers`` (zset worker id -> last heartbeat), ``holders`` and ``held:{worker}`` (jobs a worker
 holds), ``reaping:{worker}`` (one reaper of a dead worker at a time), ``batch:parked_workers`` and
-``batch:parked:{worker}`` (batch mates' broker messages). There are no lists of jobs: a job is found by its
-unguessable id only, so nothing grows without bound. The broker's own lists belong to kombu (common.queue).
+``batch:parked:{worker}`` (batch mates' broker messages). The broker's own lists belong to kombu
+(common.queue).
+
+Per job, for live progress: ``events:{id}`` (a stream of its changes, capped and expiring with the job).
+Per owner (``common.job_index``, ``common.quotas``): ``jobs:{owner}`` (zset job id -> creation time, the
+list route; pruned lazily and by age, and expiring when unused), ``active:{owner}`` (zset of its queued and
+running jobs -> slot expiry), ``submits:{owner}`` (zset, the sliding window of its recent submissions).
+Webhooks (``common.webhook_outbox``): ``webhooks:due`` (zset delivery id -> when due or when its lease ends)
+and ``webhook:{id}`` (the delivery record). Nothing grows without bound: every per-job or per-owner key
+expires, and the outbox entries are removed once delivered or given up.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ HOLDERS_KEY = f"{KEY_PREFIX}holders"
 PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
 # hash weights version -> the capability document its workers publish at start (common.capabilities)
 CAPABILITIES_KEY = f"{KEY_PREFIX}capabilities"
+WEBHOOKS_DUE_KEY = f"{KEY_PREFIX}webhooks:due"
 
 OWNER_PREFIX = f"{KEY_PREFIX}owner:"
 HELD_PREFIX = f"{KEY_PREFIX}held:"
@@ -58,3 +67,23 @@ def reap_lock_key(worker_id: str) -> str:
 
 def parked_key(worker_id: str) -> str:
     return PARKED_PREFIX + worker_id
+
+
+def events_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}events:{job_id}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    return f"{KEY_PREFIX}jobs:{owner}"
+
+
+def active_jobs_key(owner: str) -> str:
+    return f"{KEY_PREFIX}active:{owner}"
+
+
+def submits_key(owner: str) -> str:
+    return f"{KEY_PREFIX}submits:{owner}"
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    return f"{KEY_PREFIX}webhook:{delivery_id}"

@@ -1,8 +1,8 @@
 """Public restoration parameters (``RestoreParams``): validated once at the API, stored in the job document.
 
-The worker maps them onto the model's ``RestoreOptions`` (same names; ``output_format`` and
-``callback_url`` are service concerns and do not reach the model). Bounds keep one request from monopolising
-a GPU (``steps``) or the text encoder (prompt lengths).
+The worker maps them onto the model's ``RestoreOptions`` (same names; ``output_format``, ``callback_url`` and
+``webhook_events_filter`` are service concerns and do not reach the model). Bounds keep one request from
+monopolising a GPU (``steps``) or the text encoder (prompt lengths).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ StartPoint = Literal["noise", "cond"]
 GuidanceSpace = Literal["latent", "rgb"]
 GuidanceLoss = Literal["mse", "w_mse"]
 OutputFormat = ImageFormat
+# Webhook events a job may ask for (Replicate's names; common.webhook_outbox sends them).
+WebhookEvent = Literal["start", "completed"]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 TASKS: tuple[str, ...] = get_args(Task)
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 COLOR_FIXES: tuple[str, ...] = get_args(ColorFix)
@@ -165,6 +168,14 @@ class RestoreParams(BaseModel):
     latent_tile: int | None = Field(None, ge=16, le=MAX_TILE, description="Diffusion (UNet) tile.")
     latent_stride: int | None = Field(None, ge=8, le=MAX_TILE, description="Diffusion tile stride.")
 
+    webhook_events_filter: list[WebhookEvent] = Field(
+        default_factory=lambda: ["completed"],
+        min_length=1,
+        max_length=len(WEBHOOK_EVENTS),
+        description="Which webhooks callback_url receives: 'start' (the job began running) and/or "
+        "'completed' (it ended: succeeded, failed or canceled). In a form: comma-separated.",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> RestoreParams:
         """The rules that span fields, as model/options.py `RestoreOptions.validate` checks them."""
@@ -196,6 +207,19 @@ class RestoreParams(BaseModel):
                 raise ValueError(f"{stride} needs {tile}, and must not exceed it")
         return self
 
+    @field_validator("webhook_events_filter", mode="before")
+    @classmethod
+    def _split_events(cls, value: object) -> object:
+        # A form field carries one string: "start,completed".
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _distinct_events(cls, value: list[str]) -> list[str]:
+        return sorted(set(value), key=WEBHOOK_EVENTS.index)
+
     @field_validator("callback_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -216,4 +240,4 @@ class RestoreParams(BaseModel):
 
     def model_options(self) -> dict[str, object]:
         """Keyword arguments for ``model.options.RestoreOptions`` (kept here so both sides agree)."""
-        return self.model_dump(exclude={"output_format", "callback_url"})
+        return self.model_dump(exclude={"output_format", "callback_url", "webhook_events_filter"})

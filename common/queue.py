@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from common import telemetry
 from common.settings import Settings
 
 # kombu's Redis transport keeps one list per priority step: the queue name for priority 0 and
@@ -54,7 +55,18 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def enqueue_restore(app: Celery, settings: Settings, job_id: str) -> Any:
-    return app.send_task(settings.task_name, args=[job_id], queue=settings.queue_name)
+    """Send ``diffbir.restore(job_id)``; with tracing on, as a producer span whose context rides in the
+    message headers (the worker's Celery instrumentation continues it)."""
+    if not telemetry.enabled():
+        return app.send_task(settings.task_name, args=[job_id], queue=settings.queue_name)
+    attributes = {
+        "messaging.system": "celery",
+        "messaging.destination.name": settings.queue_name,
+        "diffbir.job_id": job_id,
+    }
+    with telemetry.span(f"publish {settings.task_name}", attributes, producer=True):
+        headers = telemetry.carrier()
+        return app.send_task(settings.task_name, args=[job_id], queue=settings.queue_name, headers=headers)
 
 
 def queue_lists(queue_name: str) -> list[str]:

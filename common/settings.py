@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1)
     worker_heartbeat_max_age_s: float = Field(60.0, gt=0, description="/readyz needs a heartbeat this fresh.")
 
+    # --- Per-key quotas (common.quotas); with auth off every caller shares the anonymous owner's ---
+    max_active_jobs_per_key: int = Field(
+        100, ge=0, description="Queued + running jobs one API key may have; more get 429. 0 = no cap."
+    )
+    submit_rate_per_key: int = Field(
+        120, ge=0, description="Submissions one API key may make per submit_rate_window_s; 0 = no limit."
+    )
+    submit_rate_window_s: int = Field(60, ge=1, description="The sliding window of submit_rate_per_key.")
+
+    # --- Live progress (GET /v1/jobs/{id}/events) ---
+    max_event_streams: int = Field(
+        1000, ge=1, description="Event streams one API process serves at once (each holds a Redis connection)"
+    )
+    event_stream_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval of streams.")
+
     # --- Webhooks ---
     webhook_secret: SecretStr | None = None
     webhook_allow_hosts: list[str] = Field(
@@ -79,13 +94,47 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_max_retries: int = Field(5, ge=0)
     webhook_backoff_s: float = Field(1.0, ge=0)
+    webhook_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A delivery attempt owns its webhook this long; past it (its process died) another "
+        "process retries it. Must exceed webhook_timeout_s.",
+    )
+    webhook_poll_interval_s: float = Field(0.5, gt=0, description="How often idle senders look for work.")
 
     # --- Queue (send side and worker share these) ---
     queue_name: str = "gpu"
     task_name: str = "diffbir.restore"
     broker_visibility_timeout_s: int = Field(3600, ge=1, description="Must exceed the task hard time limit.")
 
+    # --- Observability (docs/operations.md, "Traces and logs") ---
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text` for a terminal; `json`: one JSON object per line with job_id, request_id, "
+        "trace_id, worker_id, stage, duration and outcome fields, for a log pipeline.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Root log level of the API and the worker (case-insensitive)."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector base URL (e.g. `http://jaeger:4318`): traces are exported there. "
+        "The standard OTEL_EXPORTER_OTLP_ENDPOINT works too; unset = tracing off, at no cost.",
+    )
+
     # Worker-only settings (model, device, batching, time limits) live in worker.config.WorkerSettings.
+
+    @model_validator(mode="after")
+    def _check_webhook_lease(self) -> Settings:
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            # Otherwise a slow but live attempt loses its lease and the webhook is sent twice at once.
+            raise ValueError("webhook_lease_s must be greater than webhook_timeout_s")
+        return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
 
     @property
     def auth_enabled(self) -> bool:

@@ -1,41 +1,37 @@
-"""Webhooks: signing, SSRF guard and delivery with retries.
+"""Webhooks: Standard Webhooks signing, the SSRF guard, and one delivery attempt.
 
-Why hand-written: the signing scheme is ours (receivers must be able to reimplement it in a few lines), and
-the SSRF guard must pin the *resolved* address for the actual connection (no library we use does that),
-otherwise a DNS answer that changes between check and connect ("DNS rebinding") could reach internal hosts.
+Signing follows the Standard Webhooks spec (standardwebhooks.com) through its reference package: headers
+``webhook-id`` (the message id, the same on every retry, so receivers can deduplicate), ``webhook-timestamp``
+(unix seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")>``).
+Secrets are ``whsec_<base64>``; a secret without that prefix is used as raw bytes. Receivers verify with
+``standardwebhooks.Webhook(secret).verify(body, headers)`` (which also refuses timestamps over 5 minutes
+off) or the same few lines in any language.
 
-Signature scheme (documented for receivers in docs/worker.md):
-
-    X-DiffBIR-Timestamp: <unix seconds>
-    X-DiffBIR-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.{raw body}")>
-
-Receivers call `verify_signature(raw_body, header_value, secret)`; it also rejects stale timestamps (replays).
+Why the guard is hand-written: it must pin the *resolved* address for the actual connection (no library we
+use does that), otherwise a DNS answer that changes between check and connect ("DNS rebinding") could reach
+internal hosts. Retries, leases and redelivery are ``common.webhook_outbox``'s business.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
-import json
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from standardwebhooks import Webhook
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-DiffBIR-Signature"
-TIMESTAMP_HEADER = "X-DiffBIR-Timestamp"
-EVENT_HEADER = "X-DiffBIR-Event"
-DEFAULT_TOLERANCE_S = 300
+ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = "webhook-id", "webhook-timestamp", "webhook-signature"
 ALLOWED_SCHEMES = ("http", "https")
 MAX_URL_LENGTH = 2048
+USER_AGENT = "diffbir-service-webhook/2"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -48,54 +44,18 @@ class WebhookURLError(ValueError):
 # ----------------------------------------------------------------------------------------------- signing
 
 
-def compute_signature(body: bytes, secret: str, timestamp: int) -> str:
-    """Hex HMAC-SHA256 of `f"{timestamp}.{body}"` with `secret`."""
-    message = str(int(timestamp)).encode() + b"." + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+def signer(secret: str) -> Webhook:
+    """The Standard Webhooks signer of a configured secret (``whsec_<base64>``, or raw bytes otherwise)."""
+    return Webhook(secret if secret.startswith("whsec_") else secret.encode())
 
 
-def signature_headers(body: bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:
-    """Headers that let a receiver authenticate `body` and reject replays."""
-    ts = int(time.time() if timestamp is None else timestamp)
-    sig = compute_signature(body, secret, ts)
-    return {TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: f"t={ts},v1={sig}"}
-
-
-def verify_signature(
-    body: bytes | str,
-    header: str | None,
-    secret: str,
-    *,
-    tolerance_s: int = DEFAULT_TOLERANCE_S,
-    now: float | None = None,
-) -> bool:
-    """True when `header` (the X-DiffBIR-Signature value) signs `body` with `secret` and is fresh.
-
-    `body` must be the raw request body exactly as received (do not re-serialise parsed JSON).
-    Several `v1=` entries are accepted (secret rotation: the sender may sign with old and new secrets).
-    """
-    if not header or not secret:
-        return False
-    raw = body.encode() if isinstance(body, str) else body
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            # Plain decimal of sane length only: int() also takes "+1_0", and a 400-digit value would
-            # overflow the float comparison below (an exception where a receiver expects False).
-            if not (value.isascii() and value.isdigit() and len(value) <= 12):
-                return False
-            timestamp = int(value)
-        elif key == "v1":
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        return False
-    current = time.time() if now is None else now
-    if tolerance_s > 0 and abs(current - timestamp) > tolerance_s:
-        return False
-    expected = compute_signature(raw, secret, timestamp)
-    return any(hmac.compare_digest(expected, c) for c in candidates)
+def signature_headers(msg_id: str, body: bytes, secret: str | None, timestamp: int) -> dict[str, str]:
+    """The Standard Webhooks headers of one message (unsigned, id and timestamp only, without a secret)."""
+    headers = {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(int(timestamp))}
+    if secret:
+        when = datetime.fromtimestamp(int(timestamp), tz=UTC)
+        headers[SIGNATURE_HEADER] = signer(secret).sign(msg_id, when, body.decode())
+    return headers
 
 
 # ----------------------------------------------------------------------------------------------- SSRF guard
@@ -258,10 +218,9 @@ def validate_callback_url(
 @dataclass
 class DeliveryResult:
     delivered: bool
-    attempts: int
+    retryable: bool  # False: retrying cannot help (refused target, a 4xx other than 408/429)
     status_code: int | None = None
     error: str | None = None
-    history: list[str] = field(default_factory=list)
 
 
 def _pinned_request(checked: CheckedURL) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -279,7 +238,8 @@ def _pinned_request(checked: CheckedURL) -> tuple[str, dict[str, str], dict[str,
     return pinned, {"Host": host_header}, extensions
 
 
-def _host_of(url: str) -> str:
+def host_of(url: str) -> str:
+    """The host of a URL, for logs: callback URLs often carry a token in their path or query."""
     try:
         return urlsplit(url).hostname or "?"
     except ValueError:
@@ -288,81 +248,46 @@ def _host_of(url: str) -> str:
 
 def deliver(
     url: str,
-    payload: dict[str, Any],
-    secret: str | None,
+    body: bytes,
+    headers: dict[str, str],
     *,
-    event: str = "job.finished",
     allowlist: Sequence[str] = (),
     allow_private: bool = False,
-    max_attempts: int = 5,
-    backoff_s: float = 1.0,
-    max_backoff_s: float = 60.0,
     timeout_s: float = 10.0,
     client: httpx.Client | None = None,
-    sleep: Callable[[float], None] = time.sleep,
     resolver: Resolver | None = None,
 ) -> DeliveryResult:
-    """POST `payload` as JSON to `url`, signed with `secret` (unsigned if None); retry errors, 429, 5xx.
+    """One POST of ``body`` (JSON) with ``headers`` (the signature headers) to ``url``; never raises.
 
-    Each attempt re-runs the SSRF guard and connects to the vetted address (no redirects are followed).
-    A 2xx is success; other 4xx are final (the receiver rejected it; retrying will not help). Never raises for
-    delivery failures: the caller records the result.
+    The SSRF guard runs first and the connection goes to the vetted address (no redirects are followed). A
+    2xx is delivered; 408, 429, 5xx and network errors are retryable; other 4xx are final (the receiver
+    rejected it).
     """
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    result = DeliveryResult(delivered=False, attempts=0)
+    try:
+        checked = check_callback_url(url, allowlist, allow_private=allow_private, resolver=resolver)
+    except WebhookURLError as exc:
+        return DeliveryResult(delivered=False, retryable=False, error=f"refused: {exc}")
+    assert checked is not None
+    target, request_headers, extensions = _pinned_request(checked)
+    request_headers.update(headers)
+    request_headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
     own_client = client is None
     http = client or httpx.Client(timeout=timeout_s, follow_redirects=False)
     try:
-        for attempt in range(1, max_attempts + 1):
-            result.attempts = attempt
-            try:
-                checked = check_callback_url(url, allowlist, allow_private=allow_private, resolver=resolver)
-            except WebhookURLError as exc:
-                result.error = str(exc)
-                result.history.append(f"refused: {exc}")
-                return result  # a refused target never becomes acceptable by retrying
-            assert checked is not None
-            target, headers, extensions = _pinned_request(checked)
-            if secret:
-                headers.update(signature_headers(body, secret))
-            headers.update(
-                {
-                    "Content-Type": "application/json",
-                    EVENT_HEADER: event,
-                    "User-Agent": "diffbir-service-webhook/1",
-                }
-            )
-            retryable = True
-            try:
-                # Streamed and closed unread: only the status matters, and a hostile receiver could
-                # otherwise answer with an endless body that the worker would buffer in memory.
-                request = http.build_request(
-                    "POST", target, content=body, headers=headers, extensions=extensions, timeout=timeout_s
-                )
-                response = http.send(request, stream=True)
-                response.close()
-                result.status_code = response.status_code
-                if 200 <= response.status_code < 300:
-                    result.delivered, result.error = True, None
-                    result.history.append(f"{response.status_code}")
-                    return result
-                retryable = response.status_code == 429 or response.status_code >= 500
-                result.error = f"receiver answered HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                result.error = f"{type(exc).__name__}: {exc}"
-            result.history.append(result.error or "")
-            if not retryable or attempt == max_attempts:
-                break
-            delay = min(max_backoff_s, backoff_s * (2 ** (attempt - 1)))
-            log.info(
-                "webhook to %s failed (%s); retry %d in %.1fs", checked.host, result.error, attempt, delay
-            )
-            sleep(delay)
+        # Streamed and closed unread: only the status matters, and a hostile receiver could otherwise
+        # answer with an endless body that the sender would buffer in memory.
+        request = http.build_request(
+            "POST", target, content=body, headers=request_headers, extensions=extensions, timeout=timeout_s
+        )
+        response = http.send(request, stream=True)
+        response.close()
+    except httpx.HTTPError as exc:
+        return DeliveryResult(delivered=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
     finally:
         if own_client:
             http.close()
-    # The host only: callback URLs often carry a token in their path or query.
-    log.warning(
-        "webhook to %s not delivered after %d attempt(s): %s", _host_of(url), result.attempts, result.error
-    )
-    return result
+    code = response.status_code
+    if 200 <= code < 300:
+        return DeliveryResult(delivered=True, retryable=False, status_code=code)
+    retryable = code in (408, 429) or code >= 500
+    return DeliveryResult(False, retryable, code, f"receiver answered HTTP {code}")

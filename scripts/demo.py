@@ -4,6 +4,7 @@ Steps: find or start Redis -> pick weights (official if present, else download i
 tiny preset with random weights, said plainly) -> start ``python -m service`` and ``python -m worker`` on free
 ports -> make a deterministic degraded sample image -> run ``restore-client`` with its progress bar ->
 write ``out/restored.png`` -> stop everything this script started (also on Ctrl-C, SIGTERM or failure).
+With ``--serve`` the stack stays up after that, for the page at ``/``, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -243,6 +244,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="sampler steps (50 on GPU, 10 on CPU, 40 tiny)")
     parser.add_argument("--upscale", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the restoration")
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the stack up afterwards (use the page) until Ctrl-C"
+    )
     return parser.parse_args(argv)
 
 
@@ -291,7 +295,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
             return False
 
     wait_for("the API (/healthz)", lambda: status_ok("/healthz"), 60, children)
-    say(f"API up on {base} (docs at {base}/docs); waiting for the worker to load the model...")
+    say(f"API up on {base}: the page is at {base}/ (docs at {base}/docs); waiting for the worker...")
     wait_for("a worker heartbeat (/readyz)", lambda: status_ok("/readyz"), 900, children)
     say(f"worker ready (metrics on http://127.0.0.1:{metrics_port}/metrics)")
 
@@ -311,7 +315,22 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> int:
     say(f"done: {output.relative_to(ROOT)}")
     if preset == "tiny":
         say("that image comes from RANDOM weights: it shows the service path works, not what DiffBIR does.")
+    if args.serve:
+        return serve(base, children)
+    say(f"(run with --serve to keep the stack up and use the page at {base}/)")
     return 0
+
+
+def serve(base: str, children: Children) -> int:
+    """Keep the stack up for a person using the page, until Ctrl-C (or SIGTERM) or a child dies."""
+    say(f"serving: open {base}/ in a browser (API docs: {base}/docs). Ctrl-C stops everything.")
+    try:
+        while True:
+            children.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("stopping on request")
+        return 0
 
 
 @contextlib.contextmanager

@@ -48,9 +48,10 @@ MEANINGS: dict[str, str] = {
     "max_input_pixels": "Largest accepted input, width x height (422 above).",
     "max_output_pixels": "Largest output, input pixels x upscale² (422 above).",
     "job_ttl_seconds": "How long job records and results are kept.",
-    "retry_after_seconds": "`Retry-After` sent with 429 (queue full).",
+    "retry_after_seconds": "`Retry-After` sent with 429 (queue full, too many active jobs of a key).",
     "idempotency_ttl_seconds": "How long an `Idempotency-Key` maps to its job.",
-    "webhook_secret": "HMAC-SHA256 key for webhook signatures; unset = unsigned.",
+    "webhook_secret": "Standard Webhooks signing secret (`whsec_<base64>`; other values are used as raw "
+    "bytes); unset = unsigned.",
     "webhook_timeout_s": "Timeout of one webhook delivery.",
     "webhook_max_retries": "Delivery retries after the first try.",
     "webhook_backoff_s": "First retry delay; doubles each retry, capped at 60 s.",

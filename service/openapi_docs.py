@@ -103,7 +103,11 @@ SUBMIT: dict[str, Any] = {
             **_problem("unsupported_media_type", 415, "gif images ..."),
         },
         422: {"description": "Invalid image or parameters", **_problem("invalid_image", 422, "truncated")},
-        429: {"description": "Queue full; see Retry-After", **_problem("queue_full", 429, "retry later")},
+        429: {
+            "description": "Queue full (`queue_full`), or this key's quota: too many active jobs "
+            "(`active_jobs_limit`) or submissions (`rate_limited`); see Retry-After and RateLimit-*",
+            **_problem("queue_full", 429, "retry later"),
+        },
         **_UNAVAILABLE,
     },
 }

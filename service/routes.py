@@ -89,7 +89,7 @@ async def restore(
         )
         params = parse_params(upload.fields)
         submission = await submit(services, owner, upload.image, params, idempotency_key)
-    headers = {"Location": f"/v1/jobs/{submission.job.id}"}
+    headers = {"Location": f"/v1/jobs/{submission.job.id}", **submission.headers}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
     return job_response(submission.job, 202, headers)

@@ -12,13 +12,15 @@ with the same key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi.concurrency import run_in_threadpool
 
-from common import imaging
+from common import imaging, telemetry
 from common.blobstore import input_key
 from common.errors import (
     IdempotencyInProgressError,
@@ -30,9 +32,13 @@ from common.errors import (
 from common.formats import CONTENT_TYPES
 from common.idempotency import IdempotencyRecord
 from common.jobs import ErrorCode, InputInfo, Job, new_job_id, utcnow
+from common.logging_setup import bind
 from common.params import RestoreParams
 from common.webhooks import WebhookURLError, validate_callback_url
 from service.app_state import Services
+from service.quotas import admit
+
+log = logging.getLogger(__name__)
 
 ABANDONED_CLAIM_S = 300.0
 
@@ -41,6 +47,7 @@ ABANDONED_CLAIM_S = 300.0
 class Submission:
     job: Job
     replayed: bool  # True: an earlier request with the same Idempotency-Key created this job
+    headers: dict[str, str] = field(default_factory=dict)  # the key's RateLimit-* state (service.quotas)
 
 
 def fingerprint(image: bytes, params: RestoreParams) -> str:
@@ -89,10 +96,11 @@ async def submit(
     """Validate, store and enqueue one upload (or return the job an earlier request with the same key made).
 
     Without an Idempotency-Key the caller has already checked the queue depth (before reading the body)."""
-    if services.settings.submit_full_decode:  # decoding every pixel takes milliseconds: not on the loop
-        info = await run_in_threadpool(validate, services, image, params)
-    else:
-        info = validate(services, image, params)
+    with telemetry.span("validate upload", {"diffbir.upload_bytes": len(image)}):
+        if services.settings.submit_full_decode:  # decoding every pixel takes milliseconds: not on the loop
+            info = await run_in_threadpool(validate, services, image, params)
+        else:
+            info = validate(services, image, params)
     job = Job(
         id=new_job_id(),
         params=params,
@@ -105,6 +113,7 @@ async def submit(
         ),
         created_at=utcnow(),
         owner=owner,
+        traceparent=telemetry.current_traceparent(),
     )
     idempotency = services.idempotency
     if idempotency_key is not None:
@@ -119,10 +128,19 @@ async def submit(
             await idempotency.release(owner, idempotency_key, job.id)
             raise too_many
     try:
-        await _store(services, job, image, CONTENT_TYPES[info.format])
+        quota_headers = await admit(services.quotas, owner, job.id)  # a replay above took no quota
     except BaseException:
         if idempotency_key is not None:
             await idempotency.release(owner, idempotency_key, job.id)
+        raise
+    try:
+        with telemetry.span("store input", {"diffbir.job_id": job.id, "diffbir.upload_bytes": len(image)}):
+            await _store(services, job, image, CONTENT_TYPES[info.format])
+    except BaseException:
+        if idempotency_key is not None:
+            await idempotency.release(owner, idempotency_key, job.id)
+        with contextlib.suppress(Exception):  # best effort: the slot expires by itself otherwise
+            await services.quotas.release(owner, job.id)
         raise
     try:
         await services.publish(job.id)
@@ -138,7 +156,9 @@ async def submit(
             await idempotency.release(owner, idempotency_key, job.id)
         raise
     services.metrics.jobs_submitted.labels(params.task).inc()
-    return Submission(job=job, replayed=False)
+    bind(job_id=job.id)
+    log.info("job accepted", extra={"job_id": job.id, "task": params.task, "outcome": "accepted"})
+    return Submission(job=job, replayed=False, headers=quota_headers)
 
 
 async def _store(services: Services, job: Job, image: bytes, content_type: str) -> None:
@@ -147,10 +167,13 @@ async def _store(services: Services, job: Job, image: bytes, content_type: str) 
     async with services.ajobs.transaction() as tx:
         # Blobs on the job store's Redis join the record's MULTI: one round trip on the async client.
         if services.blobs.queue_put(tx, key, image, content_type):
+            services.index.queue_add(tx, job)  # the owner's job list (GET /v1/jobs)
             await services.ajobs.create(job, tx)
             return
     await run_in_threadpool(services.blobs.put, key, image, content_type)
-    await services.ajobs.create(job)
+    async with services.ajobs.transaction() as tx:
+        services.index.queue_add(tx, job)
+        await services.ajobs.create(job, tx)
 
 
 async def _take_over_abandoned(

@@ -7,11 +7,10 @@ do not need to know each other, and they slow down start-up and add broker traff
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 import sys
 
+from common.logging_setup import configure_logging
 from worker.config import get_worker_settings
 
 
@@ -24,7 +23,7 @@ def worker_argv(extra: list[str]) -> list[str]:
         "--concurrency=1",
         f"--queues={settings.queue_name}",
         f"--hostname=diffbir-{node}@%h",
-        f"--loglevel={os.environ.get('DIFFBIR_LOG_LEVEL', 'INFO')}",
+        f"--loglevel={settings.log_level}",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
@@ -33,10 +32,8 @@ def worker_argv(extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=os.environ.get("DIFFBIR_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
+    settings = get_worker_settings()
+    configure_logging(settings, "worker", worker_id=settings.worker_id)
     from worker.celery_app import app
 
     app.worker_main(worker_argv(sys.argv[1:] if argv is None else argv))

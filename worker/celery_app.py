@@ -22,7 +22,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from common.queue import enqueue_restore, make_celery
-from worker import runner
+from worker import job_trace, runner
 from worker.config import WorkerSettings, get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def publish_restore(job_id: str) -> object:
 
 @signals.worker_process_init.connect
 def _load_model(**_: Any) -> None:
+    job_trace.setup_process(get_worker_settings())  # tracing (if configured) before any job runs
     runner.start_process(publish_restore)
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from common.blobstore import BlobStore
@@ -20,6 +19,7 @@ from worker.batching import Batcher
 from worker.config import WorkerSettings
 from worker.heartbeat import Heartbeat
 from worker.metrics import WorkerMetrics
+from worker.notify import WebhookSender
 from worker.recovery import Ownership
 
 if TYPE_CHECKING:
@@ -63,9 +63,7 @@ class WorkerContext:
     pipeline: RestorePipeline
     options_factory: OptionsFactory
     metrics: WorkerMetrics
-    webhook_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="diffbir-webhook")
-    )
+    webhooks: WebhookSender | None = None  # None: this process sends no webhooks (others do)
     heartbeat: Heartbeat | None = None
     batcher: Batcher | None = None  # None: batching off
     ownership: Ownership | None = None  # None: lost jobs wait for the broker's visibility timeout

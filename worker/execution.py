@@ -22,6 +22,7 @@ from common.blobstore import input_key
 from common.jobs import ErrorCode, Job
 from worker.context import WorkerContext
 from worker.failures import with_retries
+from worker.job_trace import JobTrace
 from worker.throttle import Every, ProgressThrottle
 
 if TYPE_CHECKING:
@@ -46,8 +47,10 @@ class Execution:
     _cancel_reads: Every = field(init=False)
     _canceled: bool = False
     _last_step_at: float | None = None
+    trace: JobTrace = field(init=False)
 
     def __post_init__(self) -> None:
+        self.trace = JobTrace(self.job)
         interval = self.ctx.settings.worker_progress_interval_s
         self._writes = ProgressThrottle(interval)
         self._cancel_reads = Every(interval)
@@ -58,6 +61,7 @@ class Execution:
 
     def progress(self, stage: str, step: int, total: int) -> None:
         """The pipeline's ``ProgressFn``: metrics every call, Redis when the throttle lets it through."""
+        self.trace.stage(stage)
         now = time.monotonic()
         if stage == "sampler":
             if self._last_step_at is not None and step > 0:
@@ -91,7 +95,8 @@ class Execution:
     def timed(self, name: str, fn: Callable[..., T], *args: Any) -> T:
         t0 = time.perf_counter()
         try:
-            return fn(*args)
+            with self.trace.step(name):
+                return fn(*args)
         finally:
             self.timings[name] = round(time.perf_counter() - t0, 6)
 
@@ -162,5 +167,7 @@ def run_model(ctx: WorkerContext, ready: list[Prepared]) -> list[RestoreResult |
             )
         except Exception as exc:  # the whole call failed (e.g. OOM): every job shares the outcome
             outcomes = [exc] * len(ready)
+    for execution, _, _ in ready:
+        execution.trace.model_done()
     ctx.metrics.batch_size.observe(len(ready))
     return outcomes

@@ -14,6 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from common.errors import UnprocessableError, UnsupportedMediaTypeError
 from common.jobs import ErrorCode
 from model.errors import CanceledError, InvalidInputError, OutOfMemoryError
+from worker.job_trace import traced_call
 
 if TYPE_CHECKING:
     from worker.context import WorkerContext
@@ -57,6 +58,7 @@ def public_message(code: ErrorCode, exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@traced_call
 def with_retries(ctx: WorkerContext, fn: Callable[..., T], *args: Any, what: str = "") -> T:
     """Call ``fn`` retrying transient connection errors with exponential backoff (bounded)."""
     retries = ctx.settings.worker_transient_retries

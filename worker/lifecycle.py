@@ -2,7 +2,7 @@
 
     get job -> skip if finished/canceled -> mark running (attempts += 1) -> claim batch mates -> fetch input
     -> decode -> pipeline (throttled progress, cancel flag, soft deadline) -> encode -> store result
-    -> mark succeeded | failed | canceled -> webhook
+    -> mark succeeded | failed | canceled (the webhook message is queued with the status: common.job_store)
 
 Delivery is at-least-once (late acks; a dead worker's message is redelivered), so every step is safe to
 repeat: a finished job is skipped, a redelivered running job starts over and counts ``attempts``, and a job
@@ -31,7 +31,6 @@ from worker import loading
 from worker.context import WorkerContext
 from worker.execution import Execution, Prepared, prepare, run_model, start_hard_limit_watchdog
 from worker.failures import classify, is_transient, public_message, with_retries
-from worker.notify import notify
 
 if TYPE_CHECKING:
     from model.options import RestoreResult
@@ -71,6 +70,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         ctx.metrics.busy.set(0)
         for execution in executions:
             ctx.metrics.job_duration.observe(time.monotonic() - execution.started)
+            execution.trace.finish("interrupted")  # no-op for a job that was settled
     return statuses[0]
 
 
@@ -79,13 +79,17 @@ def run_executions(ctx: WorkerContext, executions: list[Execution]) -> list[str]
     statuses: dict[str, str] = {}
     ready: list[Prepared] = []
     for execution in executions:
-        try:
-            ready.append((execution, *prepare(ctx, execution)))
-        except Exception as exc:  # settled now: a bad input need not wait for its batch mates' model call
-            statuses[execution.job.id] = settle(ctx, execution, exc)
+        with execution.trace.active():
+            try:
+                ready.append((execution, *prepare(ctx, execution)))
+            except Exception as exc:  # settled now: a bad input need not wait for its mates' model call
+                statuses[execution.job.id] = settle(ctx, execution, exc)
+                execution.trace.finish(statuses[execution.job.id])
     outcomes = run_model(ctx, ready)
     for (execution, _, _), outcome in zip(ready, outcomes, strict=True):
-        statuses[execution.job.id] = settle(ctx, execution, outcome)
+        with execution.trace.active():
+            statuses[execution.job.id] = settle(ctx, execution, outcome)
+            execution.trace.finish(statuses[execution.job.id])
     return [statuses[e.job.id] for e in executions]
 
 
@@ -271,7 +275,6 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
     if finished.finished_at is not None:
         ctx.metrics.turnaround.observe(max(0.0, (finished.finished_at - finished.created_at).total_seconds()))
     _drop_input(ctx, job.id)
-    notify(ctx, finished)
     return finished.status.value
 
 
@@ -292,7 +295,6 @@ def finish_failed(
         return "skipped"
     log.warning("job %s failed: %s: %s", job.id, code.value, message)
     ctx.metrics.jobs.labels(status="failed", reason=code.value).inc()
-    notify(ctx, finished)
     return finished.status.value
 
 
@@ -303,7 +305,6 @@ def finish_canceled(ctx: WorkerContext, job: Job) -> str:
     log.info("job %s canceled", job.id)
     ctx.metrics.jobs.labels(status="canceled", reason=ErrorCode.canceled.value).inc()
     _drop_input(ctx, job.id)
-    notify(ctx, finished)
     return finished.status.value
 
 

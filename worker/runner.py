@@ -12,13 +12,13 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
 from common.blobstore import make_blobstore
 from common.connections import connect
 from common.job_store import JobStore
+from common.webhook_outbox import Outbox
 from common.workers import WorkerRegistry
 from worker.batching import Batcher
 from worker.config import WorkerSettings, get_worker_settings
@@ -26,6 +26,7 @@ from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
 from worker.loading import load_pipeline, publish_capabilities
 from worker.metrics import WorkerMetrics, get_metrics
+from worker.notify import WebhookSender
 from worker.recovery import Ownership, Publish
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ def build_context(
         pipeline=pipeline,
         options_factory=options_factory,
         metrics=metrics,
-        webhook_pool=ThreadPoolExecutor(
-            settings.worker_webhook_threads, thread_name_prefix="diffbir-webhook"
+        webhooks=WebhookSender(
+            Outbox(client, settings.webhook_lease_s),
+            settings,
+            lambda outcome: metrics.webhooks.labels(outcome=outcome).inc(),
+            settings.worker_webhook_threads,
         ),
         model_load_s=load_s,
     )
@@ -123,6 +127,8 @@ def mark_ready(publish: Publish) -> None:
         on_beat=_recover_lost_jobs,
     )
     ctx.heartbeat.start()
+    if ctx.webhooks is not None:
+        ctx.webhooks.start()
     log.info(
         "worker %s ready; heartbeating every %.1fs",
         ctx.settings.worker_id,
@@ -143,13 +149,15 @@ def _recover_lost_jobs() -> None:
 
 
 def shutdown() -> None:
-    """worker_shutdown: deregister, and give in-flight webhooks a chance to finish."""
+    """worker_shutdown: deregister, and stop sending webhooks."""
     if _context is None:
         return
     if _context.heartbeat is not None:
         _context.heartbeat.stop()
         _context.heartbeat = None
-    _context.webhook_pool.shutdown(wait=True, cancel_futures=False)
+    if _context.webhooks is not None:
+        # A POST in flight may finish; one cut short is retried by another worker once its lease ends.
+        _context.webhooks.stop(timeout_s=_context.settings.webhook_timeout_s + 1)
 
 
 def context(publish: Publish) -> WorkerContext:

@@ -47,7 +47,11 @@ def problem(status: int, code: str, detail: str, **headers: str) -> httpx.Respon
 
 
 class ScriptedAPI:
-    """Answers requests from per-route queues and records every request it saw."""
+    """Answers requests from per-route queues and records every request it saw.
+
+    A job's event stream that a test did not script answers 404, as a server without the endpoint would:
+    ``wait`` then polls, which is what the polling tests drive.
+    """
 
     def __init__(self) -> None:
         self.routes: dict[tuple[str, str], list[httpx.Response | Exception]] = {}
@@ -61,6 +65,8 @@ class ScriptedAPI:
         self.requests.append(request)
         key = (request.method, request.url.path if request.url.host == "api.test" else str(request.url))
         queue = self.routes.get(key)
+        if not queue and key[0] == "GET" and key[1].endswith("/events"):
+            return problem(404, "not_found", "no such route")
         if not queue:
             raise AssertionError(f"unexpected request {key}")
         answer = queue.pop(0) if len(queue) > 1 else queue[0]

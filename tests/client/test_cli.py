@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import httpx
 import pytest
@@ -112,3 +113,52 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([str(tmp_path / "x.png")])  # -o is required
     assert info.value.code == cli.EXIT_USAGE
+
+
+def test_url_input_is_submitted_as_json_and_followed_live(
+    monkeypatch, tmp_path, api: ScriptedAPI, clock: FakeClock, capsys
+):
+    factory = functools.partial(
+        RestoreClient, transport=api.transport(), sleep=clock.sleep, clock=clock.monotonic
+    )
+    monkeypatch.setattr(cli, "RestoreClient", factory)
+    done = job_doc("succeeded", "done", 5, 5, result={"width": 8, "height": 8})
+    events = f"id: 1-0\nevent: status\ndata: {json.dumps(done)}\n\n".encode()
+    api.on("POST", "/v1/restore", [json_response(202, job_doc())])
+    api.on(
+        "GET",
+        f"{JOB_PATH}/events",
+        [httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events)],
+    )
+    api.on("GET", f"{JOB_PATH}/result", [httpx.Response(200, content=b"OUT")])
+    out = tmp_path / "r.webp"
+    url = "https://images.example.com/p.jpg"
+    argv = [url, "-o", str(out), "--url", "http://api.test", "--webhook-events", "start,completed"]
+    assert cli.main(argv) == cli.EXIT_OK
+    assert out.read_bytes() == b"OUT"
+    body = json.loads(api.requests[0].content)
+    assert body == {"image": url, "output_format": "webp", "webhook_events_filter": "start,completed"}
+    assert JOB_PATH not in [r.url.path for r in api.requests]  # followed by events, not polled
+
+
+def test_list_prints_one_job_per_line_up_to_the_limit(
+    monkeypatch, api: ScriptedAPI, clock: FakeClock, capsys
+):
+    factory = functools.partial(
+        RestoreClient, transport=api.transport(), sleep=clock.sleep, clock=clock.monotonic
+    )
+    monkeypatch.setattr(cli, "RestoreClient", factory)
+    page = {
+        "jobs": [job_doc("succeeded"), job_doc("succeeded")],
+        "next_cursor": "c",
+        "next": "/v1/jobs?cursor=c",
+    }
+    api.on("GET", "/v1/jobs", [json_response(200, page)])
+    assert (
+        cli.main(["list", "--url", "http://api.test", "--status", "succeeded", "--limit", "3"]) == cli.EXIT_OK
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["status"] == "succeeded" for line in lines)
+    assert dict(api.requests[0].url.params) == {"status": "succeeded", "limit": "3"}
+    api.routes["GET", "/v1/jobs"] = [problem(401, "unauthorized", "send a key")]
+    assert cli.main(["list", "--url", "http://api.test"]) == cli.EXIT_REJECTED

@@ -20,6 +20,8 @@ def _kinds(name: str) -> tuple[type, tuple[str, ...] | None]:
     (arg,) = args
     if get_origin(arg) is Literal:
         return str, get_args(arg)
+    if get_origin(arg) is list:  # sent comma-separated, checked by the API
+        return str, None
     return arg, None
 
 

@@ -27,7 +27,7 @@ SERVICE_POLICY: dict[str, tuple[float, float]] = {
     "upscale": (1.0, 8.0),
 }
 # Request fields that are service concerns and never reach the model.
-SERVICE_ONLY = {"output_format", "callback_url"}
+SERVICE_ONLY = {"output_format", "callback_url", "webhook_events_filter"}
 
 
 def api_bounds(name: str) -> tuple[Any, Any]:

@@ -268,3 +268,26 @@ def test_prometheus_scrapes_the_ports_the_services_listen_on():
     assert str(worker_sd["port"]) == services["worker"]["environment"]["DIFFBIR_WORKER_METRICS_PORT"]
     mounted = {v.split(":")[0] for v in services["prometheus"]["volumes"]}
     assert "./deploy/prometheus/prometheus.yml" in mounted
+
+
+def test_compose_tracing_profile_is_optional_and_wired():
+    """`--profile tracing` adds Jaeger; without it the stack is unchanged; the documented endpoint is it."""
+    compose = _compose()
+    services = compose["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    assert [name for name, service in services.items() if "profiles" in service] == ["jaeger"]
+    assert "4318" in jaeger["expose"], "OTLP over HTTP, what DIFFBIR_OTLP_ENDPOINT points at"
+    assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+", jaeger["image"]), "a pinned image tag"
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["DIFFBIR_OTLP_ENDPOINT"] == "${DIFFBIR_OTLP_ENDPOINT:-}", "off unless asked for"
+        assert env["DIFFBIR_LOG_FORMAT"] == "${DIFFBIR_LOG_FORMAT:-text}"
+    documented = "DIFFBIR_OTLP_ENDPOINT=http://jaeger:4318 docker compose --profile tracing up -d"
+    for doc in (COMPOSE, ROOT / "docs" / "operations.md", ROOT / "README.md"):
+        assert documented in doc.read_text(), doc
+    exe = shutil.which("docker-compose")
+    assert exe
+    cmd = [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--profile", "tracing", "config", "-q"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr

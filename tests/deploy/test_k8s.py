@@ -152,6 +152,7 @@ def test_overlay_holds_the_whole_service(rendered, variant):
         ("Job", "diffbir-weights-download"),
         ("ServiceMonitor", "diffbir-api"),
         ("PodMonitor", "diffbir-worker"),
+        ("PrometheusRule", "diffbir"),
     ]:
         one(docs, kind, name)
     namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
@@ -322,9 +323,72 @@ def test_pod_monitor_scrapes_the_worker_metrics_port(rendered, variant):
 
 
 def test_prod_monitors_carry_the_prometheus_release_label(rendered):
-    for kind in ("ServiceMonitor", "PodMonitor"):
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         for monitor in of_kind(rendered["prod"], kind):
             assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Alert rules (PrometheusRule)
+
+RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
+
+
+def _prometheus_rule_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prometheus_rule", ROOT / "scripts" / "prometheus_rule.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prometheus_rule_is_generated_from_the_rule_files():
+    script = _prometheus_rule_script()
+    assert script.main(["--check"]) == 0, "stale: run python scripts/prometheus_rule.py --write"
+    assert script.TARGET.read_text() == script.render()
+
+
+@pytest.mark.parametrize("variant", variants())
+def test_prometheus_rule_ships_every_rule_group_and_promtool_accepts_it(rendered, variant, tmp_path):
+    rule = one(rendered[variant], "PrometheusRule", "diffbir")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    expected = [
+        g for path in sorted(RULES_DIR.glob("*.yml")) for g in yaml.safe_load(path.read_text())["groups"]
+    ]
+    assert rule["spec"]["groups"] == expected and len(expected) >= 2
+    # The rendered spec is a valid Prometheus rule file (what the operator hands Prometheus).
+    exe = shutil.which("promtool")
+    assert exe, "promtool is required (scripts/setup.sh installs it)"
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run(
+        [exe, "check", "rules", str(extracted)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("variant", variants())
+def test_rule_job_labels_match_the_monitors_job_labels(rendered, variant):
+    """up{job="..."} in the rules must name the job label the operator gives each scrape target."""
+    docs = rendered[variant]
+    rule = one(docs, "PrometheusRule", "diffbir")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    named = {job for expr in exprs for job in re.findall(r'job="([^"]+)"', expr)}
+    assert named, "the rules select scrape jobs by name"
+    monitor = one(docs, "ServiceMonitor", "diffbir-api")
+    assert "jobLabel" not in monitor["spec"]  # then the job label is the Service's name
+    jobs = {
+        s["metadata"]["name"]
+        for s in of_kind(docs, "Service")
+        if _selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+    }
+    for endpoint in one(docs, "PodMonitor", "diffbir-worker")["spec"]["podMetricsEndpoints"]:
+        relabel = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
+        assert len(relabel) == 1 and relabel[0]["action"] == "replace", "PodMonitor jobs default to ns/name"
+        jobs.add(relabel[0]["replacement"])
+    assert named <= jobs, (named, jobs)
 
 
 # ----------------------------------------------------------------------------------------------------------

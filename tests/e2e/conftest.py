@@ -28,7 +28,7 @@ from tests.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEYS = ("key-alice", "key-bob")
-WEBHOOK_SECRET = "e2e-webhook-secret"
+WEBHOOK_SECRET = "whsec_ZTJlLXdlYmhvb2stc2VjcmV0LWJ5dGVzIQ=="  # Standard Webhooks format
 TERMINAL = ("succeeded", "failed", "canceled")
 # Soft/hard limits and the visibility timeout: a job redelivers ~VISIBILITY_S after its worker died.
 SOFT_LIMIT_S, HARD_LIMIT_S, VISIBILITY_S = 15, 18, 20
@@ -235,6 +235,10 @@ def _base_env(redis_url: str) -> dict[str, str]:
         DIFFBIR_WEBHOOK_ALLOW_HOSTS=json.dumps(["127.0.0.1"]),
         DIFFBIR_WEBHOOK_BACKOFF_S="0.1",
         DIFFBIR_WEBHOOK_MAX_RETRIES="2",
+        # A sender killed mid-delivery is replaced within seconds (the lease), not the production 30 s.
+        DIFFBIR_WEBHOOK_TIMEOUT_S="2",
+        DIFFBIR_WEBHOOK_LEASE_S="4",
+        DIFFBIR_WEBHOOK_POLL_INTERVAL_S="0.1",
         DIFFBIR_LOG_LEVEL="INFO",
     )
     return env

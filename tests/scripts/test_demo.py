@@ -69,3 +69,20 @@ def test_redis_probe_needs_a_real_pong(demo):
         assert not demo.redis_answers("127.0.0.1", port)  # something listens, but it is not Redis
         thread.join()
     assert not demo.redis_answers("127.0.0.1", port)  # nothing listens any more
+
+
+def test_serve_keeps_the_stack_until_interrupted_or_a_child_dies(demo, tmp_path, monkeypatch):
+    assert demo.parse_args(["--serve"]).serve and not demo.parse_args([]).serve
+    children = demo.Children(tmp_path)
+    children.start("short", ["python3", "-c", "import time; time.sleep(0.3)"])
+    try:
+        with pytest.raises(RuntimeError, match="short exited"):
+            demo.serve("http://127.0.0.1:1", children)  # a dead child ends serving, as a failure
+    finally:
+        children.stop_all()
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo.time, "sleep", interrupt)
+    assert demo.serve("http://127.0.0.1:1", demo.Children(tmp_path)) == 0  # Ctrl-C is the normal way out

@@ -11,7 +11,6 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -183,7 +182,6 @@ class Harness:
             pipeline=self.pipeline,
             options_factory=SimpleNamespace,
             metrics=WorkerMetrics(),
-            webhook_pool=ThreadPoolExecutor(1),
             exit_process=self.exits.append,
         )
 
@@ -210,4 +208,3 @@ def sample(harness: Harness, name: str, **labels: str) -> float:
 def harness(redis_client: redis.Redis, redis_url: str) -> Iterator[Harness]:
     h = Harness(redis_client, redis_url)
     yield h
-    h.ctx.webhook_pool.shutdown(wait=True)

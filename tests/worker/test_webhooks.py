@@ -1,17 +1,22 @@
-"""Webhook signing, SSRF guard and delivery against a real local HTTP receiver."""
+"""Webhook signing (Standard Webhooks), SSRF guard and one delivery attempt against a real local receiver."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from common import webhooks
-from common.webhooks import WebhookURLError, check_callback_url, deliver, signature_headers, verify_signature
+from common.webhooks import WebhookURLError, check_callback_url, deliver, signature_headers
 from tests.worker.conftest import Receiver
 
-SECRET = "s3cr3t"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @pytest.fixture
@@ -24,27 +29,30 @@ def receiver() -> Iterator[Receiver]:
 # ------------------------------------------------------------------------------------------- signatures
 
 
-def test_signature_roundtrip_and_tampering() -> None:
-    body = b'{"id":"j_1","status":"succeeded"}'
-    header = signature_headers(body, SECRET, timestamp=1_700_000_000)[webhooks.SIGNATURE_HEADER]
-    assert header.startswith("t=1700000000,v1=")
-    assert verify_signature(body, header, SECRET, now=1_700_000_010)
-    assert verify_signature(body.decode(), header, SECRET, now=1_700_000_010)
-    assert not verify_signature(body + b" ", header, SECRET, now=1_700_000_010)
-    assert not verify_signature(body, header, "other", now=1_700_000_010)
-    # Stale (replayed) deliveries are refused.
-    assert not verify_signature(body, header, SECRET, now=1_700_000_000 + 301)
-    # Changing the timestamp breaks the signature.
-    forged = header.replace("t=1700000000", "t=1700000100")
-    assert not verify_signature(body, forged, SECRET, now=1_700_000_100)
-    for bad in ("", "garbage", "t=abc,v1=00", "v1=00", "t=1700000000"):
-        assert not verify_signature(body, bad, SECRET, now=1_700_000_000)
+def test_signature_headers_verify_with_the_standard_webhooks_package() -> None:
+    body = b'{"type":"job.completed","data":{"id":"j_1"}}'
+    now = int(time.time())
+    headers = signature_headers("msg_1", body, SECRET, now)
+    assert headers["webhook-id"] == "msg_1" and headers["webhook-timestamp"] == str(now)
+    assert headers["webhook-signature"].startswith("v1,")
+    assert Webhook(SECRET).verify(body, headers) == json.loads(body)
+    for forged in ({**headers, "webhook-id": "msg_2"}, {**headers, "webhook-timestamp": str(now + 1)}):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(SECRET).verify(body, forged)
+    stale = signature_headers("msg_1", body, SECRET, now - 301)  # replay window: 5 minutes
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body, stale)
 
 
-def test_signature_accepts_any_of_several_v1_values() -> None:
-    body = b"{}"
-    good = webhooks.compute_signature(body, SECRET, 100)
-    assert verify_signature(body, f"t=100,v1={'0' * 64},v1={good}", SECRET, now=100)
+def test_signature_is_the_specified_hmac_and_raw_secrets_work() -> None:
+    body, ts = b"{}", 1_700_000_000
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    expected = base64.b64encode(hmac.new(key, b"msg_x.1700000000.{}", hashlib.sha256).digest()).decode()
+    assert signature_headers("msg_x", body, SECRET, ts)["webhook-signature"] == f"v1,{expected}"
+    raw = signature_headers("msg_x", body, "plain-secret", ts)["webhook-signature"]
+    plain = base64.b64encode(hmac.new(b"plain-secret", b"msg_x.1700000000.{}", hashlib.sha256).digest())
+    assert raw == f"v1,{plain.decode()}"
+    assert "webhook-signature" not in signature_headers("msg_x", body, None, ts)  # unsigned without secret
 
 
 # ------------------------------------------------------------------------------------------- SSRF guard
@@ -121,62 +129,44 @@ def test_validate_without_resolving_accepts_names_but_checks_literals() -> None:
 
 # ------------------------------------------------------------------------------------------- delivery
 
-
-def test_delivery_signs_and_receiver_verifies(receiver: Receiver) -> None:
-    payload = {"id": "j_abc", "status": "succeeded"}
-    result = deliver(receiver.url, payload, SECRET, allowlist=["127.0.0.1"], sleep=lambda s: None)
-    assert result.delivered and result.attempts == 1 and result.status_code == 200
-    headers, body = receiver.requests[0]
-    assert json.loads(body) == payload
-    assert verify_signature(body, headers[webhooks.SIGNATURE_HEADER], SECRET)
-    assert headers[webhooks.EVENT_HEADER] == "job.finished"
+BODY = b'{"a":1}'
 
 
-def test_delivery_retries_5xx_with_exponential_backoff(receiver: Receiver) -> None:
-    receiver.statuses = [500, 503]
-    sleeps: list[float] = []
-    result = deliver(receiver.url, {"a": 1}, SECRET, allow_private=True, backoff_s=0.5, sleep=sleeps.append)
-    assert result.delivered and result.attempts == 3
-    assert sleeps == [0.5, 1.0]
-    assert len(receiver.requests) == 3
+def test_delivery_posts_body_and_headers(receiver: Receiver) -> None:
+    headers = signature_headers("msg_1", BODY, SECRET, int(time.time()))
+    result = deliver(receiver.url, BODY, headers, allowlist=["127.0.0.1"])
+    assert result.delivered and result.status_code == 200
+    got_headers, body = receiver.requests[0]
+    assert body == BODY and got_headers["Content-Type"] == "application/json"
+    assert Webhook(SECRET).verify(body, got_headers) == {"a": 1}
 
 
-def test_delivery_gives_up_on_4xx_and_after_max_attempts(receiver: Receiver) -> None:
-    receiver.statuses = [400]
-    result = deliver(receiver.url, {"a": 1}, SECRET, allow_private=True, sleep=lambda s: None)
-    assert not result.delivered and result.attempts == 1 and result.status_code == 400
-    receiver.statuses = [500] * 10
-    result = deliver(receiver.url, {"a": 1}, SECRET, allow_private=True, max_attempts=3, sleep=lambda s: None)
-    assert not result.delivered and result.attempts == 3 and "500" in (result.error or "")
+@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True), (408, True),
+                                                   (400, False), (410, False)])  # fmt: skip
+def test_delivery_classifies_answers(receiver: Receiver, status: int, retryable: bool) -> None:
+    receiver.statuses = [status]
+    result = deliver(receiver.url, BODY, {}, allow_private=True)
+    assert not result.delivered and result.retryable is retryable and result.status_code == status
 
 
-def test_delivery_to_dead_port_fails_without_raising() -> None:
+def test_delivery_to_dead_port_is_retryable_without_raising() -> None:
     receiver = Receiver()
     url = receiver.url
     receiver.close()
-    result = deliver(
-        url, {"a": 1}, SECRET, allow_private=True, max_attempts=2, timeout_s=1, sleep=lambda s: None
-    )
-    assert not result.delivered and result.attempts == 2 and result.status_code is None
+    result = deliver(url, BODY, {}, allow_private=True, timeout_s=1)
+    assert not result.delivered and result.retryable and result.status_code is None
 
 
 def test_delivery_refuses_private_target_without_contacting_it(receiver: Receiver) -> None:
-    result = deliver(receiver.url, {"a": 1}, SECRET, sleep=lambda s: None)
-    assert not result.delivered and "non-public" in (result.error or "")
+    result = deliver(receiver.url, BODY, {})
+    assert not result.delivered and not result.retryable and "non-public" in (result.error or "")
     assert receiver.requests == []
 
 
 def test_delivery_connects_to_the_vetted_address_not_a_rebound_name(receiver: Receiver) -> None:
     """The name is resolved once per attempt and the connection goes to that IP, with the original Host."""
     url = f"http://hooks.example.test:{receiver.port}/cb"
-    result = deliver(
-        url,
-        {"a": 1},
-        SECRET,
-        allowlist=["hooks.example.test"],
-        resolver=lambda h, p: ["127.0.0.1"],
-        sleep=lambda s: None,
-    )
+    result = deliver(url, BODY, {}, allowlist=["hooks.example.test"], resolver=lambda h, p: ["127.0.0.1"])
     assert result.delivered
     headers, _ = receiver.requests[0]
     assert headers["Host"] == f"hooks.example.test:{receiver.port}"
