@@ -25,12 +25,18 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["discovery"])
 
 
+class SamplerInfo(BaseModel):
+    name: str
+    hparams: list[str] = Field(description="the hyper-parameters (s_churn, eta, ...) this sampler reads")
+
+
 class ModelInfo(BaseModel):
     version: str | None = Field(description="Weights version (v1, v2, v2.1); null: no worker has published")
     preset: str | None = None
     tasks: list[str]
-    samplers: dict[str, list[str]] = Field(description="sampler -> the hyper-parameters it reads")
+    samplers: list[SamplerInfo]
     defaults: dict[str, Any] = Field(description="what an unset request field becomes on these weights")
+    limits: dict[str, list[float]] = Field(description="inclusive [low, high] of each numeric field")
 
 
 class ModelsResponse(BaseModel):
@@ -57,9 +63,14 @@ def static_model() -> ModelInfo:
     return ModelInfo(
         version=None,
         tasks=list(params.TASKS),
-        samplers={name: list(read) for name, read in params.SAMPLER_HPARAMS.items()},
+        samplers=[SamplerInfo(name=n, hparams=list(read)) for n, read in params.SAMPLER_HPARAMS.items()],
         defaults=defaults,
+        limits=request_limits(),
     )
+
+
+def _sampler_table(document: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    return [(name, list(read)) for name, read in dict(document.get("samplers", {})).items()]
 
 
 def _published(document: dict[str, Any]) -> ModelInfo:
@@ -67,8 +78,11 @@ def _published(document: dict[str, Any]) -> ModelInfo:
         version=document.get("version"),
         preset=document.get("preset"),
         tasks=list(document.get("tasks", [])),
-        samplers=dict(document.get("samplers", {})),
+        samplers=[
+            SamplerInfo(name=n, hparams=list(r)) for n, r in dict(document.get("samplers", {})).items()
+        ],
         defaults=dict(document.get("defaults", {})),
+        limits=request_limits(),  # the API's, which the request must pass whatever the model allows
     )
 
 

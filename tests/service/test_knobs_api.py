@@ -82,8 +82,11 @@ def test_models_falls_back_to_the_static_vocabulary(client: TestClient, redis_cl
     body = client.get("/v1/models").json()
     assert body["source"] == "static" and len(body["models"]) == 1
     model = body["models"][0]
-    assert model["version"] is None and list(model["samplers"]) == list(SAMPLERS)
-    assert model["samplers"]["edm_lms"] == ["order"] and model["defaults"]["sampler"] is None
+    assert model["version"] is None and [s["name"] for s in model["samplers"]] == list(SAMPLERS)
+    assert {"name": "edm_lms", "hparams": ["order"]} in model["samplers"] and model["defaults"][
+        "sampler"
+    ] is None
+    assert model["limits"] == body["limits"]
     assert body["limits"]["steps"] == [1, 100] and body["limits"]["strength"] == [0.0, 2.0]
     assert body["choices"]["start_point"] == ["noise", "cond"]
 
