@@ -30,6 +30,7 @@ from redis.client import Pipeline
 from common.errors import JobStateError
 from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
 from common.keys import HOLDERS_KEY, OUTBOX_KEY, cancel_key, held_key, job_key, lease_key, owner_key
+from common.params import RestoreParams
 from common.progress_events import queue_event
 from common.quotas import queue_release
 from common.settings import Settings
@@ -203,12 +204,17 @@ class JobStore:
         result: ResultInfo,
         timings: dict[str, float] | None = None,
         attempt: int | None = None,
+        resolved: RestoreParams | None = None,
+        model_version: str | None = None,
     ) -> Job | None:
         """running -> succeeded. With ``attempt`` (the worker's fencing token, ``Job.attempts`` when it
-        started), refused with ``JobStateError`` once a newer attempt has taken the job over."""
+        started), refused with ``JobStateError`` once a newer attempt has taken the job over. ``resolved``
+        and ``model_version``: what ran (defaults filled in, the seed used) and on which weights."""
 
         def finish(job: Job) -> None:
             _check_attempt(job, attempt)
+            job.resolved = resolved if resolved is not None else job.resolved
+            job.model_version = model_version if model_version is not None else job.model_version
             job.status = JobStatus.succeeded
             job.finished_at = utcnow()
             job.result = result

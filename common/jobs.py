@@ -111,6 +111,10 @@ class JobDocument(BaseModel):
     expires_at: datetime | None = Field(
         None, description="When the job and its result are deleted (job TTL from its last status change)."
     )
+    # What the worker ran: the parameters with its weights version's defaults filled in and the seed it
+    # used (``params`` stays what the client sent), and that weights version.
+    resolved: RestoreParams | None = None
+    model_version: str | None = None
     # W3C trace context of the submitting request (common.telemetry); null when tracing is off. The worker
     # continues this trace whichever delivery runs the job; clients may quote its trace id.
     traceparent: str | None = None

@@ -31,6 +31,8 @@ HOLDERS_KEY = f"{KEY_PREFIX}holders"
 PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
 OUTBOX_KEY = f"{KEY_PREFIX}outbox"
 OUTBOX_SWEEP_LOCK_KEY = f"{KEY_PREFIX}outbox:sweeping"
+# hash weights version -> the capability document its workers publish at start (common.capabilities)
+CAPABILITIES_KEY = f"{KEY_PREFIX}capabilities"
 WEBHOOKS_DUE_KEY = f"{KEY_PREFIX}webhooks:due"
 
 OWNER_PREFIX = f"{KEY_PREFIX}owner:"

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from common.settings import Settings, get_settings
-from service import events, job_list, openapi_docs
+from service import discovery, events, job_list, openapi_docs
 from service.app_state import Services
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.observability import install_observability
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_observability(app, settings)
     # Routes are added flat rather than with include_router: this FastAPI version dispatches an included
     # router as a nested branch, a second route match on every request (measurable on the status route).
-    app.router.routes.extend([*api.routes, *job_list.router.routes, *events.router.routes, *ops.routes])
+    app.router.routes.extend(
+        [*api.routes, *job_list.router.routes, *events.router.routes, *discovery.router.routes, *ops.routes]
+    )
     install_page(app, settings)
     _serve_head_where_get(app)
     openapi_docs.install(app, bearer_auth=bool(settings.api_keys))

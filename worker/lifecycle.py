@@ -32,6 +32,7 @@ from common.blobstore import BlobNotFoundError, input_key, result_key
 from common.errors import JobStateError
 from common.faults import fault_point
 from common.jobs import ErrorCode, Job, JobStatus, ResultInfo, result_url
+from common.params import RestoreParams
 from worker import loading
 from worker.context import WorkerContext
 from worker.execution import Execution, Prepared, prepare, run_model, start_hard_limit_watchdog
@@ -198,7 +199,7 @@ def _started(ctx: WorkerContext, job: Job) -> Job | None:
         return None
     if job.attempts == 1 and job.started_at is not None:
         ctx.metrics.queue_wait.observe(max(0.0, (job.started_at - job.created_at).total_seconds()))
-    steps = job.params.steps
+    steps = job.params.steps or 0  # unset: the weights version's default, known once the model resolves it
     with_retries(
         ctx, ctx.store.set_progress, job_id, "starting", 0, steps, job.attempts, what="reset progress"
     )
@@ -267,7 +268,16 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
         faces=result.faces,
     )
     finished = _transition(
-        ctx, "mark succeeded", ctx.store.succeed, job.id, info, timings, job.attempts, until=until
+        ctx,
+        "mark succeeded",
+        ctx.store.succeed,
+        job.id,
+        info,
+        timings,
+        job.attempts,
+        resolved_params(job.params, getattr(result, "options", None)),
+        getattr(result, "version", None),
+        until=until,
     )
     if finished is None:
         return "skipped"
@@ -280,6 +290,15 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
         ctx.metrics.turnaround.observe(max(0.0, (finished.finished_at - finished.created_at).total_seconds()))
     _drop_input(ctx, job.id)
     return finished.status.value
+
+
+def resolved_params(params: RestoreParams, options: object | None) -> RestoreParams | None:
+    """The request's parameters as the model ran them (`RestoreResult.options`: version defaults filled in,
+    the seed used); None when the pipeline did not report them."""
+    if options is None:
+        return None
+    ran = {name: getattr(options, name) for name in params.model_options() if hasattr(options, name)}
+    return params.model_copy(update=ran)
 
 
 def finish_failed(

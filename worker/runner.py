@@ -33,7 +33,7 @@ from worker.config import WorkerSettings, get_worker_settings
 from worker.context import WorkerContext
 from worker.heartbeat import Heartbeat
 from worker.lease import LeaseKeeper
-from worker.loading import load_pipeline
+from worker.loading import load_pipeline, publish_capabilities
 from worker.metrics import WorkerMetrics, get_metrics, watch_outbox
 from worker.notify import WebhookSender
 from worker.outbox import OutboxSweeper
@@ -73,6 +73,7 @@ def build_context(
     if pipeline.graphs is not None:
         metrics.watch_graphs(pipeline.graphs)
     client = connect(settings)
+    publish_capabilities(client, pipeline)
     store = JobStore(client, settings)
     outbox = Outbox(client, settings.webhook_lease_s)
     watch_outbox(metrics.webhook_outbox, outbox.pending)

@@ -170,7 +170,7 @@ def test_every_v1_route_requires_a_key(make_client: ClientFactory) -> None:
     spec = client.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     paths = {p: ops for p, ops in spec["paths"].items() if p.startswith("/v1/")}
-    assert sum(len(ops) for ops in paths.values()) == 7
+    assert sum(len(ops) for ops in paths.values()) == 8  # ... and GET /v1/models
     for template, ops in paths.items():
         for method in ops:
             path = template.replace("{job_id}", "j_" + "a" * 22)
