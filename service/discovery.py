@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from common import capabilities, params
 from common.params import RestoreParams
+from service import openapi_docs as docs
 from service.auth import caller_of
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,6 @@ def static_model() -> ModelInfo:
     )
 
 
-def _sampler_table(document: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    return [(name, list(read)) for name, read in dict(document.get("samplers", {})).items()]
-
-
 def _published(document: dict[str, Any]) -> ModelInfo:
     return ModelInfo(
         version=document.get("version"),
@@ -86,7 +83,12 @@ def _published(document: dict[str, Any]) -> ModelInfo:
     )
 
 
-@router.get("/models", summary="Weights versions, tasks, samplers, defaults and limits")
+@router.get(
+    "/models",
+    summary="Weights versions, tasks, samplers, defaults and limits",
+    operation_id="list_models",
+    responses={**docs.UNAUTHORIZED},
+)
 async def list_models(request: Request) -> ModelsResponse:
     caller_of(request)  # the same key as every /v1 route
     try:
