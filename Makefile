@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 BENCH_DIR := .bench
 
-.PHONY: help setup test lint lint-deploy demo bench settings-table prometheus-rule
+.PHONY: help setup test lint lint-deploy demo bench chaos settings-table prometheus-rule
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ bench: setup  ## sampler, API, queue and (small) GPU benchmarks; JSON results in
 	$(PY) benchmarks/api_bench.py --json $(BENCH_DIR)/api.json
 	$(PY) benchmarks/queue_bench.py --json $(BENCH_DIR)/queue.json
 	$(PY) benchmarks/gpu.py --small --out $(BENCH_DIR)/gpu_small.json
+
+chaos: setup  ## chaos run: 40 jobs under kill -9 of workers and the API, Redis restarts; prints N passed, M failed
+	mkdir -p $(BENCH_DIR)
+	$(PY) benchmarks/chaos.py --jobs 40 --workers 2 --json $(BENCH_DIR)/chaos.json
 
 settings-table:  ## regenerate the configuration table in README.md
 	$(PY) scripts/settings_table.py --write

@@ -33,6 +33,7 @@ import httpx
 from client.client import DEFAULT_URL, RestoreClient, is_image_url
 from client.errors import APIError, JobFailedError, RestoreClientError, WaitTimeoutError
 from client.progress import JobProgressBar
+from client.vocabulary import FIELDS
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_UNAVAILABLE, EXIT_CANCELED = range(7)
 EXIT_INTERRUPTED = 130
@@ -56,21 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("DIFFBIR_API_KEY"), help="API key (env DIFFBIR_API_KEY)"
     )
     job = parser.add_argument_group("restoration parameters (server defaults when omitted)")
-    job.add_argument("--task", choices=["sr", "face", "denoise", "unaligned_face"])
-    job.add_argument("--upscale", type=float, help="output size / input size")
-    job.add_argument("--fidelity", type=float, help="0 = most generative .. 1 = closest to the input")
-    job.add_argument("--steps", type=int, help="sampler steps")
-    job.add_argument("--sampler", choices=["spaced", "ddim", "dpmpp"])
-    job.add_argument("--seed", type=int)
-    job.add_argument("--cfg-scale", type=float)
-    job.add_argument("--color-fix", choices=["wavelet", "adain", "none"])
-    job.add_argument("--prompt")
-    job.add_argument("--negative-prompt")
-    job.add_argument("--output-format", choices=["png", "jpeg", "webp"], help="default: from -o's suffix")
-    job.add_argument("--callback-url", help="webhook notified when the job starts/finishes")
-    job.add_argument(
-        "--webhook-events", help="comma-separated webhook events: start, completed (default: completed)"
-    )
+    for spec in FIELDS:
+        flag = "--" + (spec.flag or spec.name.replace("_", "-"))
+        if spec.type is bool:
+            job.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=spec.help)
+        else:
+            job.add_argument(flag, dest=spec.name, type=spec.type, choices=spec.choices, help=spec.help)
     run = parser.add_argument_group("behaviour")
     run.add_argument("--idempotency-key", help="retrying with the same key never creates a second job")
     run.add_argument("--timeout", type=float, help="seconds to wait for the job (default: no limit)")
@@ -82,22 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _params(args: argparse.Namespace) -> dict[str, object]:
-    output_format = args.output_format or _FORMATS.get(args.output.suffix.lower())
-    return {
-        "task": args.task,
-        "upscale": args.upscale,
-        "fidelity": args.fidelity,
-        "steps": args.steps,
-        "sampler": args.sampler,
-        "seed": args.seed,
-        "cfg_scale": args.cfg_scale,
-        "color_fix": args.color_fix,
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "output_format": output_format,
-        "callback_url": args.callback_url,
-        "webhook_events_filter": args.webhook_events,
-    }
+    params = {spec.name: getattr(args, spec.name) for spec in FIELDS}
+    params["output_format"] = args.output_format or _FORMATS.get(args.output.suffix.lower())
+    return params
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

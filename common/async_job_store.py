@@ -6,13 +6,15 @@ Status transitions stay in the sync ``common.job_store`` (rare on the API: a fai
 from __future__ import annotations
 
 import asyncio
+import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from common.errors import JobStateError
+from common.job_store import stamp_expiry
 from common.jobs import Job
-from common.keys import job_key
+from common.keys import OUTBOX_KEY, job_key
 from common.settings import Settings
 
 
@@ -82,14 +84,22 @@ class AsyncJobStore:
         return self.redis.pipeline(transaction=True)
 
     async def create(self, job: Job, tx: AsyncPipeline | None = None) -> None:
-        """Write a new job record; with ``tx`` (from ``transaction``), together with the writes on it."""
+        """Write a new job record and its outbox entry in one MULTI (so a job that is never published is
+        found and republished by a worker's outbox sweep); with ``tx`` (from ``transaction``), together with
+        the writes already queued on it."""
+        stamp_expiry(job, self.ttl)
         if tx is None:
-            created = await self.redis.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
+            async with self.transaction() as pipe:
+                created = await self._create_on(pipe, job)
         else:
-            tx.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
-            created = (await tx.execute())[-1]
+            created = await self._create_on(tx, job)
         if not created:
             raise JobStateError(f"job {job.id} already exists")
+
+    async def _create_on(self, pipe: AsyncPipeline, job: Job) -> bool:
+        pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
+        pipe.zadd(OUTBOX_KEY, {job.id: time.time()})
+        return bool((await pipe.execute())[-2])
 
     async def get_raw(self, job_id: str) -> bytes | None:
         return await self._gets.get(job_key(job_id))

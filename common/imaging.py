@@ -26,14 +26,19 @@ What the model receives is always 8-bit RGB. The conversions applied are reporte
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 from common.formats import IMAGE_FORMATS
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_T = TypeVar("_T")
 _PIL_FORMATS = {fmt: fmt.upper() for fmt in IMAGE_FORMATS}  # Pillow's names: PNG, JPEG, WEBP
 _KNOWN_UNSUPPORTED = {
     b"GIF87a": "gif",
@@ -62,7 +67,7 @@ class ImageInfo:
 
 def sniff_format(data: bytes) -> str:
     """Format from magic bytes; raises for unknown or unsupported types."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    if data.startswith(_PNG_SIGNATURE):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
@@ -144,8 +149,53 @@ def _check_structure(data: bytes, fmt: str) -> None:
         raise InvalidImageError("truncated webp data: shorter than its RIFF header says")
 
 
+_PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _text_limit_hit(exc: InvalidImageError) -> bool:
+    """Pillow refused a PNG text chunk (``PngImagePlugin.MAX_TEXT_CHUNK`` / ``MAX_TEXT_MEMORY``, its guard
+    against text decompression bombs), not the image: a large zTXt comment made valid photos "corrupt"."""
+    return isinstance(exc.__cause__, ValueError) and "MAX_TEXT" in str(exc.__cause__)
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """The PNG with its text chunks (tEXt, zTXt, iTXt) dropped and every other chunk kept byte for byte.
+
+    Hand-written because Pillow's only way past its text limits is ``LOAD_TRUNCATED_IMAGES``, which would
+    also accept truncated pixel data; the service never uses PNG text. Chunk CRCs are left for Pillow to
+    check; a malformed tail is kept as it is, so Pillow reports it as before.
+    """
+    out = [data[:8]]
+    pos = 8
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+        if end > len(data):
+            break
+        if data[pos + 4 : pos + 8] not in _PNG_TEXT_CHUNKS:
+            out.append(data[pos:end])
+        pos = end
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def _retry_without_text(data: bytes, read: Callable[[bytes], _T]) -> _T:
+    """``read(data)``, or, when only Pillow's text-chunk limits refused it, ``read`` of the PNG without
+    its text chunks (so the normal path costs nothing extra)."""
+    try:
+        return read(data)
+    except InvalidImageError as exc:
+        if not (data.startswith(_PNG_SIGNATURE) and _text_limit_hit(exc)):
+            raise
+    return read(_without_png_text(data))
+
+
 def probe(data: bytes, max_pixels: int, *, decode: bool = True) -> ImageInfo:
     """Validate an upload (header, limits, animation, integrity) and describe it; see the module docstring."""
+    info = _retry_without_text(data, lambda raw: _probe(raw, max_pixels, decode))
+    return dataclasses.replace(info, bytes=len(data))
+
+
+def _probe(data: bytes, max_pixels: int, decode: bool) -> ImageInfo:
     img, fmt = _open(data, max_pixels)
     orientation = _orientation(img)
     conversions = (["exif_transpose"] if orientation != 1 else []) + _mode_conversions(img)
@@ -181,6 +231,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_rgb(data: bytes, max_pixels: int) -> Image.Image:
     """Decode an upload into the 8-bit RGB image the model restores (EXIF orientation applied)."""
+    return _retry_without_text(data, lambda raw: _load_rgb(raw, max_pixels))
+
+
+def _load_rgb(data: bytes, max_pixels: int) -> Image.Image:
     img, fmt = _open(data, max_pixels)
     try:
         img.load()

@@ -6,6 +6,11 @@ meantime, so a cancel and a finish can never both win. Finished jobs are kept ``
 finish. Writes of a worker's attempt carry its number (``attempt``) and are refused once a newer attempt has
 taken the job over (fencing).
 
+The job outbox (``diffbir:outbox``; not the webhook outbox) is written in the same transaction as the job: a
+job is in it from its creation until a worker claims it (or it ends), so a job whose broker message was never
+published or got lost is found and republished (``worker.outbox``). ``claim`` is the worker's one atomic step
+from "delivered" to "mine": status running, attempts + 1, ownership recorded, out of the job outbox.
+
 Every write of a document also queues, in the same MULTI, what follows from it: the entry of the job's event
 stream (``common.progress_events``), the release of its owner's active-job slot when it ends
 (``common.quotas``) and the webhook message its new status causes (``common.webhook_outbox``). So none of
@@ -14,14 +19,18 @@ them can be lost or sent for a change that did not happen, whichever process mad
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 
 import redis
 from redis.client import Pipeline
 
 from common.errors import JobStateError
 from common.jobs import ErrorCode, Job, JobError, JobStatus, Progress, ResultInfo, utcnow
-from common.keys import cancel_key, job_key
+from common.keys import HOLDERS_KEY, OUTBOX_KEY, cancel_key, held_key, job_key, lease_key, owner_key
+from common.params import RestoreParams
 from common.progress_events import queue_event
 from common.quotas import queue_release
 from common.settings import Settings
@@ -40,8 +49,13 @@ class JobStore:
     # --- create / read ---
 
     def create(self, job: Job) -> None:
-        """Write a new job record (the API's submissions use ``AsyncJobStore.create``)."""
-        if not self.redis.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True):
+        """Write a new job record and its outbox entry (API submissions use ``AsyncJobStore.create``)."""
+        stamp_expiry(job, self.ttl)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl, nx=True)
+            pipe.zadd(OUTBOX_KEY, {job.id: time.time()})
+            created, _ = pipe.execute()
+        if not created:
             raise JobStateError(f"job {job.id} already exists")
 
     def get(self, job_id: str) -> Job | None:
@@ -70,15 +84,22 @@ class JobStore:
             before = job.status
             mutate(job)
             pipe.multi()
+            if job.status is not JobStatus.queued:
+                pipe.zrem(OUTBOX_KEY, job_id)  # started or ended: no message needed any more
             if job.status.terminal:
-                # Keep finished jobs for a full TTL after they finish, not after they were queued.
-                pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._write_finished(pipe, job)
                 pipe.delete(cancel_key(job_id))
             else:
                 pipe.set(key, job.to_redis(), keepttl=True)
             self._queue_consequences(pipe, before, job)
 
         return self._atomically(job_id, act)
+
+    def _write_finished(self, pipe: Pipeline, job: Job) -> None:
+        """Queue a finished job's write: kept a full TTL after it finished, not after it was queued (its
+        ``expires_at`` says so)."""
+        stamp_expiry(job, self.ttl, renew=True)
+        pipe.set(job_key(job.id), job.to_redis(), ex=self.ttl)
 
     def _queue_consequences(self, pipe: Pipeline, before: JobStatus, job: Job) -> None:
         """What a written change implies, queued in its MULTI (see the module docstring)."""
@@ -119,6 +140,48 @@ class JobStore:
         except JobStateError:
             return None
 
+    def claim(self, job_id: str, worker_id: str | None = None, owner_ttl_s: int | None = None) -> Claim:
+        """A delivered job becomes this worker's attempt in ONE transaction: status running, attempts + 1,
+        ownership (``owner:{job}``, ``held:{worker}``, ``holders``) and out of the outbox, or nothing.
+
+        Refused (``Claim.job`` None, ``why`` says so) when the job is missing, finished, or running under
+        another worker whose lease is still alive (a duplicate delivery). Without ``worker_id`` no
+        ownership is recorded (nothing can requeue the job fast if this worker dies).
+        """
+        key = job_key(job_id)
+        owner_name = owner_key(job_id)
+        for _ in range(_MAX_TX_RETRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key, owner_name)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return Claim(None, "missing")
+                    job = Job.model_validate_json(raw)
+                    if job.status not in (JobStatus.queued, JobStatus.running):
+                        return Claim(None, str(job.status))
+                    if job.status is JobStatus.running:
+                        owner = _text(pipe.get(owner_name))
+                        if owner and owner != worker_id and pipe.exists(lease_key(owner)):
+                            return Claim(None, f"running on live worker {owner}")
+                    before = job.status
+                    job.status = JobStatus.running
+                    job.started_at = job.started_at or utcnow()
+                    job.attempts += 1
+                    pipe.multi()
+                    pipe.set(key, job.to_redis(), keepttl=True)
+                    pipe.zrem(OUTBOX_KEY, job_id)
+                    self._queue_consequences(pipe, before, job)
+                    if worker_id is not None:
+                        pipe.set(owner_name, worker_id, ex=owner_ttl_s or self.ttl)
+                        pipe.sadd(held_key(worker_id), job_id)
+                        pipe.sadd(HOLDERS_KEY, worker_id)
+                    pipe.execute()
+                    return Claim(job, "claimed")
+                except redis.WatchError:
+                    continue
+        raise JobStateError(f"job {job_id}: too much contention")
+
     def set_progress(
         self, job_id: str, stage: str, step: int, total: int, attempt: int | None = None
     ) -> bool:
@@ -141,12 +204,17 @@ class JobStore:
         result: ResultInfo,
         timings: dict[str, float] | None = None,
         attempt: int | None = None,
+        resolved: RestoreParams | None = None,
+        model_version: str | None = None,
     ) -> Job | None:
         """running -> succeeded. With ``attempt`` (the worker's fencing token, ``Job.attempts`` when it
-        started), refused with ``JobStateError`` once a newer attempt has taken the job over."""
+        started), refused with ``JobStateError`` once a newer attempt has taken the job over. ``resolved``
+        and ``model_version``: what ran (defaults filled in, the seed used) and on which weights."""
 
         def finish(job: Job) -> None:
             _check_attempt(job, attempt)
+            job.resolved = resolved if resolved is not None else job.resolved
+            job.model_version = model_version if model_version is not None else job.model_version
             job.status = JobStatus.succeeded
             job.finished_at = utcnow()
             job.result = result
@@ -194,7 +262,6 @@ class JobStore:
         answered "running" with a flag left behind. Raises ``JobStateError`` when the job already finished.
         Returns None when it does not exist.
         """
-        key = job_key(job_id)
 
         def act(pipe: Pipeline, job: Job) -> None:
             if job.status.terminal:
@@ -202,7 +269,8 @@ class JobStore:
             pipe.multi()
             if job.status is JobStatus.queued:
                 _cancel_now(job)
-                pipe.set(key, job.to_redis(), ex=self.ttl)
+                self._write_finished(pipe, job)
+                pipe.zrem(OUTBOX_KEY, job_id)
                 self._queue_consequences(pipe, JobStatus.queued, job)
             else:
                 pipe.set(cancel_key(job_id), b"1", ex=self.ttl)
@@ -211,6 +279,24 @@ class JobStore:
 
     def is_cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(job_id)))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``JobStore.claim`` did: the job now running as this attempt, or None and why not."""
+
+    job: Job | None
+    why: str
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def stamp_expiry(job: Job, ttl_s: int, *, renew: bool = False) -> None:
+    """Record in the document when Redis will delete it (the key's TTL is set in the same write)."""
+    if renew or job.expires_at is None:
+        job.expires_at = utcnow() + timedelta(seconds=ttl_s)
 
 
 def _check_attempt(job: Job, attempt: int | None) -> None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from common.params import RestoreParams
 
 ANONYMOUS_OWNER = "anonymous"
+JOB_ID_PATTERN = r"^j_[A-Za-z0-9_-]{18,62}$"
 
 
 class JobStatus(StrEnum):
@@ -77,8 +78,24 @@ class JobError(BaseModel):
     message: str
 
 
-class Job(BaseModel):
-    id: str
+class JobUrls(BaseModel):
+    """Absolute URLs of the job's resources (from ``public_base_url``, else the submitting request)."""
+
+    get: str = Field(description="The job document (GET).")
+    cancel: str = Field(description="Cancel the job (POST).")
+    result: str = Field(description="The restored image (GET), once the job succeeded.")
+    events: str = Field(description="Server-Sent Events of status and progress (GET).")
+
+    @classmethod
+    def under(cls, base_url: str, job_id: str) -> JobUrls:
+        job = f"{base_url.rstrip('/')}/v1/jobs/{job_id}"
+        return cls(get=job, cancel=f"{job}/cancel", result=f"{job}/result", events=f"{job}/events")
+
+
+class JobDocument(BaseModel):
+    """The job as clients see it (GET /v1/jobs/{id}, submit and cancel answers, webhooks)."""
+
+    id: str = Field(pattern=JOB_ID_PATTERN, examples=["j_3kq9T0bq1yZ6rV0m4sXc2w"])
     status: JobStatus = JobStatus.queued
     progress: Progress | None = None
     params: RestoreParams
@@ -86,13 +103,27 @@ class Job(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage, once finished.")
     error: JobError | None = None
     attempts: int = 0
     result: ResultInfo | None = None
+    urls: JobUrls | None = None
+    expires_at: datetime | None = Field(
+        None, description="When the job and its result are deleted (job TTL from its last status change)."
+    )
+    # What the worker ran: the parameters with its weights version's defaults filled in and the seed it
+    # used (``params`` stays what the client sent), and that weights version.
+    resolved: RestoreParams | None = None
+    model_version: str | None = None
     # W3C trace context of the submitting request (common.telemetry); null when tracing is off. The worker
     # continues this trace whichever delivery runs the job; clients may quote its trace id.
     traceparent: str | None = None
+
+
+class Job(JobDocument):
+    """The stored record: the document plus its owner, which must stay the LAST field (see
+    ``public_document``)."""
+
     owner: str = ANONYMOUS_OWNER  # hash of the API key; never shown to clients
 
     def public_dict(self) -> dict[str, Any]:
@@ -132,7 +163,7 @@ def new_job_id() -> str:
     return "j_" + secrets.token_urlsafe(16)
 
 
-_JOB_ID = re.compile(r"j_[A-Za-z0-9_-]{18,62}")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 def is_valid_job_id(job_id: str) -> bool:
@@ -140,8 +171,10 @@ def is_valid_job_id(job_id: str) -> bool:
     return _JOB_ID.fullmatch(job_id) is not None
 
 
-def result_url(job_id: str) -> str:
-    return f"/v1/jobs/{job_id}/result"
+def result_url(job_id: str, urls: JobUrls | None = None) -> str:
+    """Where the result is fetched: absolute when the job carries its URLs (jobs stored before they did
+    get the path alone)."""
+    return urls.result if urls is not None else f"/v1/jobs/{job_id}/result"
 
 
 def utcnow() -> datetime:

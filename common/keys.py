@@ -4,9 +4,12 @@ Per job (each expires): ``job:{id}`` (the JSON document), ``cancel:{id}`` (cance
 ``blob:{key}`` (input/result bytes on the Redis blob store), ``owner:{id}`` (the worker holding it).
 Per client: ``idem:{owner}:{hash}`` (Idempotency-Key -> job id). Per worker (pruned by heartbeats and
 reaping): ``workers`` (zset worker id -> last heartbeat), ``holders`` and ``held:{worker}`` (jobs a worker
-holds), ``reaping:{worker}`` (one reaper of a dead worker at a time), ``batch:parked_workers`` and
-``batch:parked:{worker}`` (batch mates' broker messages). The broker's own lists belong to kombu
-(common.queue).
+holds), ``lease:{worker}`` (expires unless its worker renews it: how a dead worker is noticed),
+``reaping:{worker}`` (one reaper of a dead worker at a time), ``batch:parked_workers`` and
+``batch:parked:{worker}`` (batch mates' broker messages). ``outbox`` (zset job id -> last publish time; the
+job outbox, not the webhook one) holds the jobs that must have a broker message (queued ones, handed-back
+ones) until a worker claims them; ``outbox:sweeping`` elects the one worker that republishes the orphans
+among them. The broker's own lists belong to kombu (common.queue).
 
 Per job, for live progress: ``events:{id}`` (a stream of its changes, capped and expiring with the job).
 Per owner (``common.job_index``, ``common.quotas``): ``jobs:{owner}`` (zset job id -> creation time, the
@@ -26,12 +29,17 @@ KEY_PREFIX = "diffbir:"
 WORKERS_KEY = f"{KEY_PREFIX}workers"
 HOLDERS_KEY = f"{KEY_PREFIX}holders"
 PARKED_WORKERS_KEY = f"{KEY_PREFIX}batch:parked_workers"
+OUTBOX_KEY = f"{KEY_PREFIX}outbox"
+OUTBOX_SWEEP_LOCK_KEY = f"{KEY_PREFIX}outbox:sweeping"
+# hash weights version -> the capability document its workers publish at start (common.capabilities)
+CAPABILITIES_KEY = f"{KEY_PREFIX}capabilities"
 WEBHOOKS_DUE_KEY = f"{KEY_PREFIX}webhooks:due"
 
 OWNER_PREFIX = f"{KEY_PREFIX}owner:"
 HELD_PREFIX = f"{KEY_PREFIX}held:"
 REAP_LOCK_PREFIX = f"{KEY_PREFIX}reaping:"
 PARKED_PREFIX = f"{KEY_PREFIX}batch:parked:"
+LEASE_PREFIX = f"{KEY_PREFIX}lease:"
 
 
 def job_key(job_id: str) -> str:
@@ -65,6 +73,10 @@ def reap_lock_key(worker_id: str) -> str:
 
 def parked_key(worker_id: str) -> str:
     return PARKED_PREFIX + worker_id
+
+
+def lease_key(worker_id: str) -> str:
+    return LEASE_PREFIX + worker_id
 
 
 def events_key(job_id: str) -> str:

@@ -24,7 +24,7 @@ _PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("diffbir", broker=settings.redis_url, set_as_current=False)
+    app = Celery("diffbir", broker=settings.broker_url(), set_as_current=False)
     app.conf.update(
         task_routes={settings.task_name: {"queue": settings.queue_name}},
         task_default_queue=settings.queue_name,
@@ -39,6 +39,12 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             "socket_timeout": settings.redis_socket_timeout_s,
             "socket_connect_timeout": settings.redis_socket_timeout_s,
+            # Used only with a sentinel:// broker URL (kombu's Sentinel transport).
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": {
+                "socket_timeout": settings.redis_socket_timeout_s,
+                "socket_connect_timeout": settings.redis_socket_timeout_s,
+            },
         },
         broker_connection_timeout=settings.redis_socket_timeout_s,
         broker_connection_retry_on_startup=True,
@@ -67,6 +73,35 @@ def enqueue_restore(app: Celery, settings: Settings, job_id: str) -> Any:
     with telemetry.span(f"publish {settings.task_name}", attributes, producer=True):
         headers = telemetry.carrier()
         return app.send_task(settings.task_name, args=[job_id], queue=settings.queue_name, headers=headers)
+
+
+# kombu's Redis transport LPUSHes new messages and BRPOPs the other end, so the RIGHT end is the front.
+# Find the just-published message (by its task id, among the newest) and move it to the front, atomically.
+_MOVE_TO_FRONT = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+for _, raw in ipairs(items) do
+  if string.find(raw, ARGV[1], 1, true) then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('RPUSH', KEYS[1], raw)
+    return 1
+  end
+end
+return 0
+"""
+_FRONT_SCAN = 256  # newest messages searched for the one just published
+
+
+def enqueue_restore_front(app: Celery, settings: Settings, client: redis.Redis, job_id: str) -> bool:
+    """Publish ``diffbir.restore(job_id)`` at the FRONT of the queue (next to be taken): a job handed back
+    or lost by a worker has waited its turn already.
+
+    Two steps, each safe on its own: the message is published the ordinary way (to the back), then moved
+    to the front. A crash in between leaves it at the back, still queued; a worker that took it meanwhile
+    leaves nothing to move. Returns whether it was moved. Hand-written because Celery's Redis transport has
+    no "publish to the front" (its priorities would split the queue into lists other code reads).
+    """
+    task_id = str(enqueue_restore(app, settings, job_id).id)
+    return bool(client.eval(_MOVE_TO_FRONT, 1, settings.queue_name, task_id, _FRONT_SCAN))
 
 
 def queue_lists(queue_name: str) -> list[str]:

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     # --- Redis (job records, idempotency, heartbeats, Celery broker) ---
     redis_url: str = "redis://localhost:6379/0"
     redis_socket_timeout_s: float = Field(2.0, gt=0, description="Fail fast so a dead Redis becomes a 503.")
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description='Redis Sentinel addresses as a JSON list of "host:port"; when set, the job store, blob '
+        "store and Celery broker ask them for the current master of redis_sentinel_master (the database, "
+        "username and password still come from redis_url). Empty = connect to redis_url directly.",
+    )
+    redis_sentinel_master: str = Field("mymaster", description="The master's name the sentinels monitor.")
 
     # --- Blob storage ---
     storage_backend: Literal["redis", "s3"] = "redis"
@@ -64,6 +71,19 @@ class Settings(BaseSettings):
         description="Decode every pixel at submit (slower); by default the API checks headers and structure "
         "and the worker finds corrupt-but-complete data (the job fails with bad_input).",
     )
+    public_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="Base of the absolute URLs in job documents and webhooks (e.g. https://api.example.com); "
+        "unset: taken from each submission's request (Host / X-Forwarded-* through the proxy headers).",
+    )
+    max_sync_wait_s: int = Field(60, ge=0, le=60, description="Longest `Prefer: wait=N` a submit honours.")
+    callback_resolve_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Submit-time DNS check of callback_url (off the event loop); if it takes longer, the URL "
+        "is accepted on its syntax and delivery re-checks the resolved address, as it always does.",
+    )
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     max_queue_depth: int = Field(1000, ge=0, description="Submissions get 429 when the queue is deeper.")
     retry_after_seconds: int = Field(30, ge=1)
@@ -102,6 +122,15 @@ class Settings(BaseSettings):
     )
     webhook_poll_interval_s: float = Field(0.5, gt=0, description="How often idle senders look for work.")
 
+    # --- Image URLs (JSON submissions with "image": "https://...") ---
+    image_fetch_timeout_s: float = Field(20.0, gt=0, description="The whole download, DNS included.")
+    image_fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names, IPs or CIDRs allowed as image URLs; empty = any public host. Listed hosts "
+        "may resolve to private addresses (as for webhooks).",
+    )
+    image_fetch_allow_http: bool = Field(False, description="Also accept http:// image URLs (tests only).")
+
     # --- Queue (send side and worker share these) ---
     queue_name: str = "gpu"
     task_name: str = "diffbir.restore"
@@ -139,6 +168,27 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``redis_sentinels`` as (host, port) pairs."""
+        addresses = []
+        for item in self.redis_sentinels:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f'a sentinel address must look like "host:26379", got {item!r}')
+            addresses.append((host.strip("[]"), int(port)))
+        return addresses
+
+    def broker_url(self) -> str:
+        """The Celery broker URL: ``redis_url``, or kombu's ``sentinel://`` list (plus credentials and db)."""
+        if not self.redis_sentinels:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        auth = ""
+        if parts.password is not None:
+            auth = f"{parts.username or ''}:{parts.password}@"
+        db = parts.path.lstrip("/") or "0"
+        return ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in self.sentinel_addresses())
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # URLs may carry credentials (redis://:password@host); repr()/str() must not print them.

@@ -142,6 +142,8 @@ def check_callback_url(
     allow_private: bool = False,
     resolve: bool = True,
     resolver: Resolver | None = None,
+    field: str = "callback_url",
+    schemes: Sequence[str] = ALLOWED_SCHEMES,
 ) -> CheckedURL | None:
     """Validate a callback URL; raise `WebhookURLError` when it is malformed or targets a refused address.
 
@@ -152,22 +154,24 @@ def check_callback_url(
     loopback, link-local, multicast, reserved, unspecified) unless `allow_private` (tests only).
     With `resolve=False` only the syntax and literal-IP hosts are checked (returns None for a name); the API
     may use that at submit time when DNS is slow; delivery always resolves and re-checks.
+    The API's image downloads use the same guard (``field`` names the URL in messages, ``schemes`` narrows
+    the accepted schemes).
     """
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
-        raise WebhookURLError(f"callback_url must be a non-empty URL of at most {MAX_URL_LENGTH} characters")
+        raise WebhookURLError(f"{field} must be a non-empty URL of at most {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise WebhookURLError(f"callback_url is not a valid URL: {exc}") from None
+        raise WebhookURLError(f"{field} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        raise WebhookURLError("callback_url must use http or https")
+    if scheme not in schemes:
+        raise WebhookURLError(f"{field} must use " + " or ".join(schemes))
     if parts.username or parts.password:
-        raise WebhookURLError("callback_url must not contain credentials")
+        raise WebhookURLError(f"{field} must not contain credentials")
     host = (parts.hostname or "").lower().rstrip(".")
     if not host:
-        raise WebhookURLError("callback_url has no host")
+        raise WebhookURLError(f"{field} has no host")
     port = port or (443 if scheme == "https" else 80)
     networks, allowed_hosts = _parse_allowlist(allowlist)
     restricted = bool(networks or allowed_hosts)
@@ -175,7 +179,7 @@ def check_callback_url(
 
     literal = _literal_ip(host)
     if restricted and literal is None and not host_allowed and not resolve:
-        raise WebhookURLError(f"callback_url host {host!r} is not in the webhook allow-list")
+        raise WebhookURLError(f"{field} host {host!r} is not in the allow-list")
     if literal is None and not resolve:
         return None
     if literal is not None:
@@ -184,19 +188,19 @@ def check_callback_url(
         try:
             addresses = (resolver or _default_resolver)(host, port)
         except (OSError, UnicodeError) as exc:
-            raise WebhookURLError(f"callback_url host {host!r} does not resolve: {exc}") from None
+            raise WebhookURLError(f"{field} host {host!r} does not resolve: {exc}") from None
         if not addresses:
-            raise WebhookURLError(f"callback_url host {host!r} does not resolve")
+            raise WebhookURLError(f"{field} host {host!r} does not resolve")
     for addr in addresses:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])  # drop an IPv6 zone id
         listed = host_allowed or any(ip in net for net in networks)
         if restricted and not listed:
-            raise WebhookURLError(f"callback_url host {host!r} is not in the webhook allow-list")
+            raise WebhookURLError(f"{field} host {host!r} is not in the allow-list")
         if listed or allow_private or _is_public(ip):
             continue
         raise WebhookURLError(
-            f"callback_url host {host!r} resolves to a non-public address ({ip}); "
-            "allow-list it in DIFFBIR_WEBHOOK_ALLOW_HOSTS if this is intended"
+            f"{field} host {host!r} resolves to a non-public address ({ip}); "
+            "allow-list the host if this is intended"
         )
     return CheckedURL(url=url, scheme=scheme, host=host, port=port, address=addresses[0])
 

@@ -4,6 +4,10 @@ Workers beat (``WorkerRegistry``) and ask whether another worker is still alive 
 jobs; the API's /readyz reads the freshest beat and its /metrics counts fresh and stale workers
 (``AsyncWorkerRegistry``). A worker deregisters on shutdown; one that vanished is pruned by the next beat of
 any worker after ``max_age_s``.
+
+Readiness and liveness are separate: the heartbeat says "a worker is up" (coarse, /readyz), while each
+worker's lease (``lease:{worker}``, a key with a short TTL that the worker keeps renewing) says "this worker
+still holds its jobs"; a job whose owner's lease expired is requeued within seconds (``worker.recovery``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 import redis
 import redis.asyncio as aioredis
 
-from common.keys import WORKERS_KEY
+from common.keys import WORKERS_KEY, lease_key
 
 
 class WorkerRegistry:
@@ -39,6 +43,18 @@ class WorkerRegistry:
     def is_alive(self, worker_id: str, max_age_s: float, now: float | None = None) -> bool:
         beat = self.last_beat(worker_id)
         return beat is not None and (time.time() if now is None else now) - beat <= max_age_s
+
+    # --- leases: liveness for job recovery (short TTL), apart from the readiness heartbeat above ---
+
+    def renew_lease(self, worker_id: str, ttl_s: float) -> None:
+        """(Re)take this worker's lease for ``ttl_s``; a worker that stops renewing is presumed dead."""
+        self.redis.set(lease_key(worker_id), b"1", px=max(1, int(ttl_s * 1000)))
+
+    def drop_lease(self, worker_id: str) -> None:
+        self.redis.delete(lease_key(worker_id))
+
+    def has_lease(self, worker_id: str) -> bool:
+        return bool(self.redis.exists(lease_key(worker_id)))
 
 
 class AsyncWorkerRegistry:

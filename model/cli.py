@@ -14,12 +14,53 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.loaders import PRESETS
-from model.options import COLOR_FIXES, PRECISIONS, SAMPLERS, TASKS, VERSIONS
+from model.options import (
+    BOUNDS,
+    COLOR_FIXES,
+    GUIDANCE_LOSSES,
+    GUIDANCE_SPACES,
+    INTEGER_OPTIONS,
+    PRECISIONS,
+    SAMPLERS,
+    START_POINTS,
+    TASKS,
+    UPSTREAM_FLAGS,
+    VERSIONS,
+)
 from model.quality import cli as quality_cli
 
 EXIT_USER_ERROR = 2
 EXIT_MODEL_ERROR = 1
 EXIT_CANCELED = 130
+# RestoreOptions fields with a flag of their own name (the first ten have theirs above them).
+KNOB_CHOICES = {
+    "start_point": START_POINTS,
+    "guidance_space": GUIDANCE_SPACES,
+    "guidance_loss": GUIDANCE_LOSSES,
+}
+KNOBS = (
+    "strength",
+    "noise_aug",
+    "start_point",
+    "rescale_cfg",
+    "guidance_space",
+    "guidance_loss",
+    "guidance_start",
+    "guidance_stop",
+    "guidance_repeat",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
+    "s_noise",
+    "eta",
+    "order",
+    "stage1_tile",
+    "stage1_stride",
+    "vae_encode_tile",
+    "vae_decode_tile",
+    "latent_tile",
+    "latent_stride",
+)
 
 
 def _restore_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,13 +77,22 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
         "--sampler",
         choices=SAMPLERS,
         default=None,
-        help="default: the version's official (spaced; v2.1: dpmpp)",
+        help="default: the version's official (spaced; v2.1: edm_dpm++_3m_sde)",
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prompt", default=None, help="default: the version's official positive prompt")
     p.add_argument("--negative-prompt", default=None, help="default: the version's official negative prompt")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: official, 4; v2.1: 8)")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default=None, help="default: wavelet")
+    knobs = p.add_argument_group("upstream knobs (default: the version's official / automatic tiles)")
+    for name in KNOBS:
+        flag, upstream = "--" + name.replace("_", "-"), f"upstream {UPSTREAM_FLAGS[name]}"
+        if name == "rescale_cfg":
+            knobs.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=upstream)
+            continue
+        kind = int if name in INTEGER_OPTIONS else str if name in KNOB_CHOICES else float
+        bound = f"; [{BOUNDS[name][0]:g}, {BOUNDS[name][1]:g}]" if name in BOUNDS else ""
+        knobs.add_argument(flag, type=kind, choices=KNOB_CHOICES.get(name), help=upstream + bound)
     _common_model_args(p)
     p.add_argument(
         "--preset",
@@ -121,12 +171,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "cfg_scale": args.cfg,
+        **{name: getattr(args, name) for name in KNOBS},
     }
     # Flags left out take the official defaults of --version (model.presets.OFFICIAL_SAMPLING) and
     # RestoreOptions' own defaults for the rest.
     options = default_options(
         args.version, args.task, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
-    )
+    ).validate()  # a bad flag fails before the weights load
     pipe = DiffBIRPipeline.from_preset(
         preset=args.preset,
         version=args.version,
@@ -148,7 +199,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.image).save(args.output)
     h, w = result.image.shape[:2]
-    print(f"wrote {args.output} ({w}x{h}, seed {result.seed}, {time.perf_counter() - started:.1f}s)")
+    ran = result.options
+    how = f", {ran.sampler} x{result.sampler_steps}, cfg {ran.cfg_scale:g}" if ran is not None else ""
+    elapsed = time.perf_counter() - started
+    print(f"wrote {args.output} ({w}x{h}, seed {result.seed}{how}, {elapsed:.1f}s)")
     if args.verbose:
         print("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()), file=sys.stderr)
     return 0

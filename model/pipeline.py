@@ -59,10 +59,19 @@ from model.planning import (
     TileSizes,
     default_budget,
 )
-from model.presets import STAGE2_SETTINGS
-from model.sampling import Sampler, augment_condition, make_sampler, max_grad_rescale, sample, start_latent
+from model.presets import STAGE2_SETTINGS, resolve_options
+from model.sampling import (
+    Sampler,
+    Tiling,
+    augment_condition,
+    make_sampler,
+    max_grad_rescale,
+    sample,
+    start_latent,
+)
 from model.schedule import Diffusion, make_diffusion
 from model.stage1 import Stage1Net
+from model.tiled_vae import decode_tiled_gn, encode_tiled_gn, posterior_tiled_gn
 from model.tiling import num_tiles
 from model.tracking import BatchHooks, StageTimer
 from model.vae import VAE
@@ -75,8 +84,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
-# One prepared image of a batch: (pixels, conversions applied, seed, output size).
-Prepared = tuple[np.ndarray, list[str], int, tuple[int, int]]
+# One prepared image of a batch: (pixels, conversions applied, its resolved options, output size).
+Prepared = tuple[np.ndarray, list[str], RestoreOptions, tuple[int, int]]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -197,6 +206,18 @@ class DiffBIRPipeline:
 
     # ---- public API --------------------------------------------------------------------------------------
 
+    def resolve(self, options: RestoreOptions) -> RestoreOptions:
+        """`options` as this pipeline runs them: unset fields take the defaults of its weights version (and
+        its stage-2 settings), an unset seed a random one; validated."""
+        return resolve_options(options, self.version, self.stage2_settings).validate()
+
+    def sampler_steps(self, options: RestoreOptions) -> int:
+        """How many steps the sampler of (resolved) `options` runs: the progress total of the sampler stage
+        (upstream DDIM can take one more than `steps`)."""
+        sampler = make_sampler(str(options.sampler), self.diffusion, options.sampler_params())
+        sampler.set_timesteps(int(options.steps or 0), device="cpu")
+        return sampler.num_steps
+
     def restore(
         self,
         image: np.ndarray,
@@ -234,7 +255,7 @@ class DiffBIRPipeline:
         prepared: dict[int, Prepared] = {}
         for i, (image, options) in enumerate(zip(images, options_list, strict=True)):
             try:
-                options = options.validate()
+                options = self.resolve(options)
                 if options.task not in self.tasks:
                     loaded = list(self.tasks)
                     raise InvalidInputError(f"task {options.task!r} is not loaded (loaded: {loaded})")
@@ -251,10 +272,11 @@ class DiffBIRPipeline:
                     f"stage-2 (short side raised to {self.min_short_edge} px)",
                 )
                 seed = options.seed if options.seed is not None else random_seed()
+                options = dataclasses.replace(options, seed=seed)
             except ModelError as exc:
                 results[i] = exc
                 continue
-            prepared[i] = (prep.image, prep.conversions, seed, out_hw)
+            prepared[i] = (prep.image, prep.conversions, options, out_hw)
             groups.setdefault((prep.image.shape, options.batch_key()), []).append(i)
         for (shape, options), members in groups.items():
             for chunk in self._chunks(members, (shape[0], shape[1]), options):
@@ -280,10 +302,18 @@ class DiffBIRPipeline:
     # ---- batching and planning ---------------------------------------------------------------------------
 
     def plan(
-        self, in_hw: tuple[int, int], out_hw: tuple[int, int], task: str, batch: int, cfg: bool
+        self,
+        in_hw: tuple[int, int],
+        out_hw: tuple[int, int],
+        task: str,
+        batch: int,
+        cfg: bool,
+        options: RestoreOptions | None = None,
     ) -> TilePlan:
-        """Tile whatever would not fit the memory budget (byte estimates from sizes; see docs/model.md)."""
-        return self.planner.plan(in_hw, out_hw, self._net_sizes(task), batch, cfg, self._budget())
+        """Tile whatever would not fit the memory budget (byte estimates from sizes; see docs/model.md);
+        the tile sizes `options` names win over the automatic choice for their stage."""
+        plan = self.planner.plan(in_hw, out_hw, self._net_sizes(task), batch, cfg, self._budget())
+        return plan if options is None else requested_tiles(plan, options)
 
     def _budget(self) -> int:
         if self.memory_budget_bytes is not None:
@@ -319,7 +349,7 @@ class DiffBIRPipeline:
         results: list[RestoreResult | Exception | None],
     ) -> None:
         hooks = BatchHooks([progresses[i] for i in members], [cancels[i] for i in members])
-        seeds = [prepared[i][2] for i in members]
+        seeds = [int(prepared[i][2].seed or 0) for i in members]
         try:
             images, timings, peak = self._run(
                 np.stack([prepared[i][0] for i in members]), options, seeds, prepared[members[0]][3], hooks
@@ -342,8 +372,10 @@ class DiffBIRPipeline:
                     timings=dict(timings),
                     peak_memory_bytes=peak,
                     seed=seeds[k],
-                    sampler_steps=options.steps,
+                    sampler_steps=self.sampler_steps(options),
                     conversions=list(prepared[i][1]),
+                    options=prepared[i][2],
+                    version=self.version,
                 )
 
     def _failure(self, exc: Exception, items: int) -> Exception:
@@ -377,7 +409,7 @@ class DiffBIRPipeline:
         total_start = time.perf_counter()
         in_hw = (batch.shape[1], batch.shape[2])
         use_cfg = options.cfg_scale != 1.0
-        plan = self.plan(in_hw, out_hw, options.task, len(seeds), use_cfg)
+        plan = self.plan(in_hw, out_hw, options.task, len(seeds), use_cfg, options)
         if plan.any:
             log.info("tiling for %s -> %s x%d: %s", in_hw, out_hw, len(seeds), plan)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
@@ -391,9 +423,7 @@ class DiffBIRPipeline:
             cond_img = self.run_stage1(lq, options.task, out_hw, plan, hooks)
             del lq
         hooks.check("after stage 1")
-        decoded = self.stage2(
-            cond_img, options, generators, plan=plan, settings=self.stage2_settings, hooks=hooks, timer=timer
-        )
+        decoded = self.stage2(cond_img, options, generators, plan=plan, hooks=hooks, timer=timer)
         with timer.stage("postprocess"):
             hooks.progress("postprocess", 0, 1)
             final = self.postprocess(decoded, cond_img, out_hw, options.color_fix)
@@ -435,13 +465,14 @@ class DiffBIRPipeline:
             x = imageops.ensure_min_short_edge(x, self.min_short_edge)
         x = x.to(self.dtype)
         tile = plan.stage1_tile
+        stride = (plan.stage1_stride or TileSizes.stride(tile)) if tile else 0
         if hooks:
-            hooks.progress("stage1", 0, num_tiles(*x.shape[-2:], tile, TileSizes.stride(tile)) if tile else 1)
+            hooks.progress("stage1", 0, num_tiles(*x.shape[-2:], tile, stride) if tile else 1)
         if tile:
             y = net.forward_tiled(
                 x,
                 tile,
-                TileSizes.stride(tile),
+                stride,
                 progress=(lambda d, t: hooks.progress("stage1", d, t)) if hooks else None,
                 batch=plan.stage1_batch,
             )
@@ -470,8 +501,9 @@ class DiffBIRPipeline:
         Random draws, in the reference's order: x_T, noise augmentation, then per step (guidance targets and)
         the step noise; from `generators` (one per item) or the global RNG when None.
         """
+        options = self.resolve(options)
         model = self.models[options.task]
-        settings = settings or self.stage2_settings
+        settings = settings or options.stage2_settings()
         plan = plan or TilePlan()
         timer = timer or StageTimer(self.device)
         hooks = hooks or BatchHooks.silent(cond_img.shape[0])
@@ -487,27 +519,23 @@ class DiffBIRPipeline:
             fid = fidelity_mod.check_fidelity(options.fidelity)
             posterior = None
             if fid > 0 or not plan.vae_encode:
-                posterior = self._posterior(vae, target, plan.vae_encode, plan.vae_encode_batch)
+                posterior = self._posterior(vae, target, plan.vae_encode)
                 c_img = posterior.mode() * vae.scale_factor
                 if fid == 0:
                     posterior = None
             else:
-                c_img = vae.encode_tiled(
-                    target,
-                    plan.vae_encode,
-                    TileSizes.stride(plan.vae_encode),
-                    batch=plan.vae_encode_batch,
-                )
+                c_img = encode_tiled_gn(vae, target, plan.vae_encode)
             c_img, _ = imageops.pad_to_multiple(c_img.float(), LATENT_PAD_MULTIPLE)
-            c_txt = model.text.encode([options.prompt]).expand(b, -1, -1)
+            c_txt = model.text.encode([options.prompt or ""]).expand(b, -1, -1)
             use_cfg = options.cfg_scale != 1.0
-            uc_txt = model.text.encode([options.negative_prompt]).expand(b, -1, -1) if use_cfg else None
+            uc_txt = model.text.encode([options.negative_prompt or ""]).expand(b, -1, -1) if use_cfg else None
             # Latents: the start point, then the (optionally noise-augmented) condition.
             x_T = start_latent(self.diffusion, c_img, settings.start_point, gen)
             c_img = augment_condition(self.diffusion, c_img, settings.noise_aug, gen)
             cond = Condition(c_txt, c_img)
             uncond = Condition(uc_txt, c_img) if uc_txt is not None else None
-            sampler = make_sampler(options.sampler, self.diffusion)
+            sampler = make_sampler(str(options.sampler), self.diffusion, options.sampler_params())
+            steps = int(options.steps or 0)
             guidance = None
             if posterior is not None:
                 guidance = self._guidance(
@@ -516,15 +544,15 @@ class DiffBIRPipeline:
             hooks.progress("vae_encode", 1, 1)
         hooks.check("before sampling")
         with timer.stage("sampler"):
-            hooks.progress("sampler", 0, options.steps)
+            hooks.progress("sampler", 0, self.sampler_steps(options))
             z = sample(
                 self.accel.denoiser(model),
                 sampler,
                 x_T,
                 cond,
                 uncond,
-                options.steps,
-                options.cfg_scale,
+                steps,
+                float(options.cfg_scale or 0.0),
                 settings.strength,
                 guidance=guidance,
                 tiling=plan.latent,
@@ -538,22 +566,18 @@ class DiffBIRPipeline:
             hooks.progress("vae_decode", 0, 1)
             z = z[..., : h1 // LATENT_DOWNSCALE, : w1 // LATENT_DOWNSCALE]
             if plan.vae_decode:
-                decoded = vae.decode_tiled(
-                    z, plan.vae_decode, TileSizes.stride(plan.vae_decode), batch=plan.vae_decode_batch
-                )
+                decoded = decode_tiled_gn(vae, z, plan.vae_decode)
             else:
                 decoded = self.accel.vae_decode(vae)(z)
             decoded = decoded.float()[:, :, :h0, :w0]
             hooks.progress("vae_decode", 1, 1)
         return decoded
 
-    def _posterior(
-        self, vae: VAE, img: torch.Tensor, tile: int | None, batch: int = 1
-    ) -> DiagonalGaussianDistribution:
-        """The VAE posterior of `img`: tiled by the VAE (`batch` windows per forward), or untiled through a
-        CUDA graph once warm."""
+    def _posterior(self, vae: VAE, img: torch.Tensor, tile: int | None) -> DiagonalGaussianDistribution:
+        """The VAE posterior of `img`: tiled with shared GroupNorm statistics (seam-free), or untiled
+        through a CUDA graph once warm."""
         if tile:
-            return vae.posterior_tiled(img, tile, TileSizes.stride(tile), batch)
+            return posterior_tiled_gn(vae, img, tile)
         return DiagonalGaussianDistribution(self.accel.vae_moments(vae)(img))
 
     def _guidance(
@@ -572,9 +596,19 @@ class DiffBIRPipeline:
         c, lh, lw = latent_shape
         if plan.latent:
             lh, lw = min(lh, plan.latent.tile), min(lw, plan.latent.tile)
-        gs = fidelity_mod.fidelity_to_guidance(fid, (c, lh, lw), max_grad_rescale(sampler, options.steps))
+        gs = fidelity_mod.fidelity_to_guidance(
+            fid, (c, lh, lw), max_grad_rescale(sampler, int(options.steps or 0))
+        )
         if gs is None:
             return None
+        gs = dataclasses.replace(
+            gs,
+            space=options.guidance_space,
+            loss=options.guidance_loss,
+            t_start=options.guidance_start,
+            t_stop=options.guidance_stop,
+            repeat=options.guidance_repeat,
+        )
         return Guidance(vae, target, posterior=posterior, **dataclasses.asdict(gs))
 
     def postprocess(
@@ -590,3 +624,23 @@ class DiffBIRPipeline:
         if tuple(out.shape[-2:]) != tuple(out_hw):
             out = imageops.resize_bicubic_aa(out, out_hw)
         return out
+
+
+def requested_tiles(plan: TilePlan, options: RestoreOptions) -> TilePlan:
+    """`plan` with the tile windows `options` asks for (px; latent and decoder windows in whole cells). A
+    window the caller sized runs one per forward: the planner's batch was sized for its own window."""
+    d = LATENT_DOWNSCALE
+    latent = plan.latent
+    if options.latent_tile is not None:
+        tile = options.latent_tile // d
+        stride = options.latent_stride // d if options.latent_stride else TileSizes.stride(tile)
+        latent = Tiling(tile, stride)
+    return dataclasses.replace(
+        plan,
+        stage1_tile=options.stage1_tile or plan.stage1_tile,
+        stage1_stride=options.stage1_stride if options.stage1_tile else plan.stage1_stride,
+        stage1_batch=1 if options.stage1_tile else plan.stage1_batch,
+        latent=latent,
+        vae_encode=options.vae_encode_tile or plan.vae_encode,
+        vae_decode=options.vae_decode_tile // d if options.vae_decode_tile else plan.vae_decode,
+    )

@@ -66,6 +66,7 @@ class TilePlan:
     """Which parts run tiled for one batch (None = untiled)."""
 
     stage1_tile: int | None = None  # input pixels
+    stage1_stride: int | None = None  # None: 3/4 of the tile
     latent: Tiling | None = None  # its `batch`: windows per UNet+ControlNet forward
     vae_encode: int | None = None  # window in pixels
     vae_decode: int | None = None  # window in latent cells

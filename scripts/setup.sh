@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# System tools the tests need: redis-server (test fixtures, demo), docker-compose (validates the compose
-# file; no Docker engine needed) and promtool (checks and unit-tests the alert rules; Debian ships it in the
+# System tools the tests need: redis-server (test fixtures, demo), redis-sentinel (failover tests),
+# docker-compose (validates the compose file; no Docker engine needed) and promtool (checks and unit-tests the alert rules; Debian ships it in the
 # prometheus package, whose server the tests do not use: on a host with systemd, `systemctl disable --now
 # prometheus` if apt started it). Installed with apt when missing; a second run checks and moves on.
 # kubectl renders the Kubernetes manifests (`kubectl kustomize`, tests/deploy/test_k8s.py): from apt where the
@@ -16,6 +16,7 @@ PY=${PYTHON:-python3}
 # for WebDriver tools.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)  # the Sentinel failover tests
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from common.settings import Settings, get_settings
-from service import events, job_list
+from service import discovery, events, job_list, openapi_docs
 from service.app_state import Services
 from service.metrics import ApiMetrics, MetricsMiddleware
 from service.observability import install_observability
@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Asynchronous blind image restoration with DiffBIR.
 
-Submit an image with `POST /v1/restore`, poll `GET /v1/jobs/{id}` (or follow `GET /v1/jobs/{id}/events`),
-fetch `GET /v1/jobs/{id}/result`; `GET /v1/jobs` lists your jobs.
+Submit an image with `POST /v1/restore` (a multipart upload, or JSON with the image as an https URL or a data
+URI; `Prefer: wait=N` answers once the job finished, up to N seconds), poll `GET /v1/jobs/{id}` (or follow
+`GET /v1/jobs/{id}/events`), fetch `GET /v1/jobs/{id}/result`; `GET /v1/jobs` lists your jobs.
 Errors are `application/problem+json` with a stable `code`. When API keys are configured, send
 `Authorization: Bearer <key>`; a key sees only its own jobs.
 """
@@ -65,29 +66,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_observability(app, settings)
     # Routes are added flat rather than with include_router: this FastAPI version dispatches an included
     # router as a nested branch, a second route match on every request (measurable on the status route).
-    app.router.routes.extend([*api.routes, *job_list.router.routes, *events.router.routes, *ops.routes])
+    app.router.routes.extend(
+        [*api.routes, *job_list.router.routes, *events.router.routes, *discovery.router.routes, *ops.routes]
+    )
     install_page(app, settings)
-    _document_bearer_auth(app, enabled=bool(settings.api_keys))
+    _serve_head_where_get(app)
+    openapi_docs.install(app, bearer_auth=bool(settings.api_keys))
     return app
 
 
-def _document_bearer_auth(app: FastAPI, enabled: bool) -> None:
-    """Declare the bearer scheme in OpenAPI (auth is checked inline in the routes, not as a dependency)."""
-    if not enabled:
-        return
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key"}
-            }
-            for path, operations in schema["paths"].items():
-                if path.startswith("/v1/"):
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+def _serve_head_where_get(app: FastAPI) -> None:
+    """HEAD on every GET route (RFC 9110; FastAPI's routes, unlike Starlette's, serve only the methods they
+    name). Separate routes kept out of the schema, so operations and their ids stay one per GET; uvicorn
+    sends the headers of the GET answer without its body."""
+    for route in list(app.router.routes):
+        if not isinstance(route, APIRoute) or "GET" not in route.methods:
+            continue
+        if "text/event-stream" not in route.responses.get(200, {}).get("content", {}):  # a HEAD never streams
+            app.router.routes.append(
+                APIRoute(
+                    route.path,
+                    route.endpoint,
+                    methods=["HEAD"],
+                    name=f"{route.name}_head",
+                    include_in_schema=False,
+                    response_class=route.response_class,
+                )
+            )

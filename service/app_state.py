@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
@@ -21,12 +23,15 @@ from common.job_store import JobStore
 from common.queue import SharedDepthReader, enqueue_restore, make_celery
 from common.quotas import QuotaGate
 from common.settings import Settings
+from common.webhooks import Resolver
 from common.workers import AsyncWorkerRegistry
 from service.auth import ApiKeyAuth
 from service.events import EventStreams
 from service.metrics import ApiMetrics
 
 _PUBLISH_THREADS = 4
+_DNS_THREADS = 4
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -55,6 +60,16 @@ class Services:
     publisher: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=_PUBLISH_THREADS, thread_name_prefix="publish")
     )
+
+    # Name lookups (callback_url, image URLs) block in getaddrinfo, so they run here, on a few threads of
+    # their own with a timeout: a caller with a slow DNS server then holds one of these, never the event loop
+    # nor the shared pool. ``resolver`` replaces getaddrinfo (tests).
+    dns: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=_DNS_THREADS, thread_name_prefix="dns")
+    )
+    resolver: Resolver | None = None
+    # Image URL downloads (one client: building one loads the CA bundle, which blocks).
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(follow_redirects=False))
 
     def __post_init__(self) -> None:
         self.depth_reader = SharedDepthReader(self.aredis, self.settings.queue_name)
@@ -88,6 +103,10 @@ class Services:
             raise asyncio.CancelledError
         return result
 
+    async def off_loop_dns(self, fn: Callable[[], _T]) -> _T:
+        """Run a name lookup on the DNS threads (the caller bounds the wait with its own timeout)."""
+        return await asyncio.get_running_loop().run_in_executor(self.dns, fn)
+
     @classmethod
     def build(cls, settings: Settings, metrics: ApiMetrics) -> Services:
         sync_client = connect(settings)
@@ -113,6 +132,8 @@ class Services:
     async def aclose(self) -> None:
         await self.events.aclose()
         await self.aredis.aclose()
+        await self.http.aclose()
         self.redis.close()
         self.publisher.shutdown(wait=True)
+        self.dns.shutdown(wait=False, cancel_futures=True)  # a lookup stuck in a slow resolver is left behind
         self.celery.close()

@@ -27,7 +27,7 @@ from common.progress_events import (
     parse_stream_id,
 )
 from common.settings import Settings
-from service import openapi_live as docs
+from service import openapi_docs as docs
 from service.auth import caller_of
 
 # XREAD blocks this long before checking that the job still exists (it may expire while a client waits).

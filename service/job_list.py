@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from common.errors import UnprocessableError
 from common.job_index import MAX_PAGE, BadCursorError, JobIndex
 from common.jobs import JobStatus
-from service import openapi_live as docs
+from service import openapi_docs as docs
 from service.auth import caller_of
 
 router = APIRouter(prefix="/v1", tags=["jobs"])

@@ -16,12 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from common.errors import ServiceError, ServiceUnavailableError, UnprocessableError
+from service.schemas import GENERIC_HTTP_ERROR, HTTP_ERROR_CODES
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
 
 
 def problem_response(
@@ -72,15 +73,29 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _STATUS_CODES.get(exc.status_code, "http_error")
+    code = HTTP_ERROR_CODES.get(exc.status_code, GENERIC_HTTP_ERROR)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return problem_response(
         exc.status_code,
         code,
         code.replace("_", " ").capitalize(),
         str(exc.detail),
         instance=request.url.path,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path. Starlette's 405 names only the first route matching the
+    path, but a path may have several (GET and DELETE /v1/jobs/{id} are two routes). Runs on 405s only."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def _backend_down(request: Request, exc: Exception) -> JSONResponse:

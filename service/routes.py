@@ -20,14 +20,18 @@ from common.errors import (
     ServerBusyError,
     ServiceUnavailableError,
     UnprocessableError,
+    UnsupportedMediaTypeError,
 )
 from common.jobs import Job, JobStatus, is_valid_job_id, public_document
 from common.params import RestoreParams
 from common.queue import queue_depth_async
+from common.settings import Settings
 from service import openapi_docs as docs
 from service.app_state import Services
 from service.auth import caller_of, same_owner
+from service.image_input import read_json_submission
 from service.submit import backpressure_error, submit
+from service.sync_wait import can_wait, requested_wait, wait_finished
 from service.uploads import read_upload
 
 log = logging.getLogger(__name__)
@@ -58,12 +62,36 @@ def job_response(job: Job, status_code: int = 200, headers: dict[str, str] | Non
     return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
-def parse_params(fields: dict[str, str]) -> RestoreParams:
+def parse_params(fields: dict[str, Any]) -> RestoreParams:
+    """Form fields (strings) or JSON members: RestoreParams decides, field by field, so a new parameter
+    needs no edit here."""
     try:
         return RestoreParams.model_validate(fields)
     except ValidationError as exc:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise UnprocessableError("invalid restoration parameters", errors=errors) from exc
+
+
+def base_url_of(request: Request, settings: Settings) -> str:
+    """Root of the absolute URLs: the configured public URL, else the request's own (uvicorn applies the
+    proxy's X-Forwarded-* headers when the proxy is trusted)."""
+    return settings.public_base_url or str(request.base_url)
+
+
+async def read_submission(request: Request, services: Services) -> tuple[bytes, dict[str, Any]]:
+    """The image and parameter fields of a multipart upload or a JSON body (image by URL or data URI)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "application/json":
+        submission = await read_json_submission(request, services)
+        return submission.image, submission.fields
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaTypeError(
+            "send multipart/form-data with the image in a part named 'image', "
+            "or application/json with 'image' as an https URL or a data URI"
+        )
+    settings = services.settings
+    upload = await read_upload(request, settings.max_upload_bytes, settings.upload_timeout_s)
+    return upload.image, dict(upload.fields)
 
 
 @api.post("/restore", status_code=202, summary="Submit an image for restoration", **docs.SUBMIT)
@@ -84,15 +112,25 @@ async def restore(
         limit = services.settings.max_concurrent_uploads
         raise ServerBusyError(f"{limit} uploads are in progress on this process", retry_after_s=1)
     async with services.upload_slots:  # held until the image bytes are stored and can be dropped
-        upload = await read_upload(
-            request, services.settings.max_upload_bytes, services.settings.upload_timeout_s
-        )
-        params = parse_params(upload.fields)
-        submission = await submit(services, owner, upload.image, params, idempotency_key)
-    headers = {"Location": f"/v1/jobs/{submission.job.id}", **submission.headers}
+        image, fields = await read_submission(request, services)
+        params = parse_params(fields)
+        base_url = base_url_of(request, services.settings)
+        submission = await submit(services, owner, image, params, idempotency_key, base_url)
+    job = submission.job
+    headers = {"Location": job.urls.get if job.urls else f"/v1/jobs/{job.id}", **submission.headers}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return job_response(submission.job, 202, headers)
+    wait_s = requested_wait(request.headers.get("prefer"), services.settings.max_sync_wait_s)
+    if wait_s is None or not can_wait(services.events):
+        return job_response(job, 202, headers)
+    headers["Preference-Applied"] = f"wait={wait_s}"
+    if job.status.terminal:  # a replayed submission whose job already finished
+        return job_response(job, 201, headers)
+    raw = await wait_finished(services.events, job.id, wait_s)
+    if raw is None:  # expired or deleted meanwhile: what was accepted is still the best answer
+        return job_response(job, 202, headers)
+    latest = Job.model_validate_json(raw)
+    return job_response(latest, 201 if latest.status.terminal else 202, headers)
 
 
 @api.get("/jobs/{job_id}", summary="Job status and progress", **docs.GET_JOB)
@@ -150,12 +188,12 @@ async def cancel_job(job_id: str, request: Request) -> Response:
     return await _cancel(request, job_id)
 
 
-@api.delete("/jobs/{job_id}", summary="Cancel a job (same as POST .../cancel)", **docs.CANCEL)
+@api.delete("/jobs/{job_id}", summary="Cancel a job (same as POST .../cancel)", **docs.DELETE)
 async def delete_job(job_id: str, request: Request) -> Response:
     return await _cancel(request, job_id)
 
 
-@ops.get("/healthz", summary="Liveness: the process serves requests")
+@ops.get("/healthz", summary="Liveness: the process serves requests", **docs.HEALTHZ)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -174,7 +212,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@ops.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@ops.get("/metrics", summary="Prometheus metrics", **docs.METRICS)
 async def metrics(request: Request) -> Response:
     services = services_of(request)
     gauges = services.metrics

@@ -6,13 +6,16 @@ the thread pool: Celery's producer, boto3 (S3 blob store) and a full decode when
 set. Profiled under a burst of uploads, every thread hop cost GIL hand-offs with the loop, which showed up
 in the tail latency. Ordering matters: the job record exists before the message is published (the worker
 must find it), and a failure after claiming an Idempotency-Key releases the claim so the client can retry
-with the same key.
+with the same key. The record's outbox entry is written in the same MULTI, so an API that dies (or a Redis
+that fails) between storing and publishing leaves a job the workers' outbox sweep publishes within seconds:
+its Idempotency-Key then replays a job that runs, never a dead one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -29,17 +32,17 @@ from common.errors import (
     TooManyRequestsError,
     UnprocessableError,
 )
+from common.faults import fault_point
 from common.formats import CONTENT_TYPES
 from common.idempotency import IdempotencyRecord
-from common.jobs import ErrorCode, InputInfo, Job, new_job_id, utcnow
+from common.jobs import ErrorCode, InputInfo, Job, JobUrls, new_job_id, utcnow
 from common.logging_setup import bind
-from common.params import RestoreParams
-from common.webhooks import WebhookURLError, validate_callback_url
+from common.params import RestoreParams, stage2_size
+from common.webhooks import WebhookURLError, check_callback_url
 from service.app_state import Services
 from service.quotas import admit
 
 log = logging.getLogger(__name__)
-
 ABANDONED_CLAIM_S = 300.0
 
 
@@ -72,37 +75,72 @@ def backpressure_error(services: Services, depth: int) -> TooManyRequestsError |
 def validate(services: Services, image: bytes, params: RestoreParams) -> imaging.ImageInfo:
     settings = services.settings
     info = imaging.probe(image, settings.max_input_pixels, decode=settings.submit_full_decode)
-    out_pixels = params.output_pixels(info.width, info.height)
-    if out_pixels > settings.max_output_pixels:
+    out_w, out_h = params.output_size(info.width, info.height)
+    if out_w * out_h > settings.max_output_pixels:
         raise ImageTooLargeError(
-            f"upscale {params.upscale} of {info.width}x{info.height} gives {out_pixels} pixels, "
+            f"upscale {params.upscale} of {info.width}x{info.height} gives {out_w * out_h} pixels, "
             f"more than the limit of {settings.max_output_pixels}"
         )
-    if params.callback_url:
-        try:
-            validate_callback_url(
-                params.callback_url,
-                settings.webhook_allow_hosts,
-                allow_private=settings.webhook_allow_private,
-            )
-        except WebhookURLError as exc:
-            raise UnprocessableError(str(exc), errors=[{"loc": ["callback_url"], "msg": str(exc)}]) from exc
+    # The worker's own limit (model.pipeline): stage 2 runs with the short side raised, so a thin strip
+    # becomes a huge image there. Its pixel limit is the larger of the two settings (worker.loading).
+    s2_w, s2_h = stage2_size(out_w, out_h)
+    stage2_limit = max(settings.max_input_pixels, settings.max_output_pixels)
+    if s2_w * s2_h > stage2_limit:
+        raise ImageTooLargeError(
+            f"a {out_w}x{out_h} output is restored at {s2_w}x{s2_h} (short side raised), "
+            f"more than the limit of {stage2_limit} pixels"
+        )
     return info
 
 
+async def check_callback(services: Services, url: str) -> None:
+    """The SSRF guard on callback_url, its DNS lookup on the DNS threads with a timeout (a slow resolver
+    must not stall the event loop). Past the timeout the URL is accepted on its syntax, literal IP and
+    allow-list: delivery resolves and re-checks every time anyway."""
+    settings = services.settings
+    check = functools.partial(
+        check_callback_url,
+        url,
+        settings.webhook_allow_hosts,
+        allow_private=settings.webhook_allow_private,
+        resolver=services.resolver,
+    )
+    try:
+        try:
+            async with asyncio.timeout(settings.callback_resolve_timeout_s):
+                await services.off_loop_dns(check)
+        except TimeoutError:
+            log.info(
+                "callback_url lookup took over %gs; checked at delivery", settings.callback_resolve_timeout_s
+            )
+            check(resolve=False)
+    except WebhookURLError as exc:
+        raise UnprocessableError(str(exc), errors=[{"loc": ["callback_url"], "msg": str(exc)}]) from exc
+
+
 async def submit(
-    services: Services, owner: str, image: bytes, params: RestoreParams, idempotency_key: str | None
+    services: Services,
+    owner: str,
+    image: bytes,
+    params: RestoreParams,
+    idempotency_key: str | None,
+    base_url: str,
 ) -> Submission:
     """Validate, store and enqueue one upload (or return the job an earlier request with the same key made).
 
-    Without an Idempotency-Key the caller has already checked the queue depth (before reading the body)."""
+    Without an Idempotency-Key the caller has already checked the queue depth (before reading the body).
+    ``base_url`` roots the job's absolute URLs."""
     with telemetry.span("validate upload", {"diffbir.upload_bytes": len(image)}):
         if services.settings.submit_full_decode:  # decoding every pixel takes milliseconds: not on the loop
             info = await run_in_threadpool(validate, services, image, params)
         else:
             info = validate(services, image, params)
+    if params.callback_url:
+        await check_callback(services, params.callback_url)
+    job_id = new_job_id()
     job = Job(
-        id=new_job_id(),
+        id=job_id,
+        urls=JobUrls.under(base_url, job_id),
         params=params,
         input=InputInfo(
             width=info.width,
@@ -142,6 +180,7 @@ async def submit(
         with contextlib.suppress(Exception):  # best effort: the slot expires by itself otherwise
             await services.quotas.release(owner, job.id)
         raise
+    fault_point("after_store")
     try:
         await services.publish(job.id)
     except asyncio.CancelledError:
@@ -155,6 +194,7 @@ async def submit(
         if idempotency_key is not None:
             await idempotency.release(owner, idempotency_key, job.id)
         raise
+    fault_point("after_publish")
     services.metrics.jobs_submitted.labels(params.task).inc()
     bind(job_id=job.id)
     log.info("job accepted", extra={"job_id": job.id, "task": params.task, "outcome": "accepted"})

@@ -78,9 +78,11 @@ class _FormCollector:
         self._part = _Part()
         self._header_name = b""
         self._header_value = b""
+        self.complete = False  # the closing boundary arrived
 
     def callbacks(self) -> dict[str, object]:
         return {
+            "on_end": self.on_end,
             "on_part_begin": self.on_part_begin,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
@@ -89,6 +91,9 @@ class _FormCollector:
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
         }
+
+    def on_end(self) -> None:
+        self.complete = True
 
     def on_part_begin(self) -> None:
         self._part = _Part()
@@ -149,6 +154,21 @@ async def _blocks(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield b"".join(pending)
 
 
+async def read_capped_body(request: Request, limit: int, timeout_s: float | None) -> bytes:
+    """The whole body (a JSON submission): 413 past ``limit`` bytes, 408 past ``timeout_s``."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not (length.isascii() and length.isdigit()):
+            raise BadRequestError("invalid Content-Length")
+        if int(length) > limit:
+            raise PayloadTooLargeError(f"the body must be at most {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return b"".join([block async for block in _blocks(request, limit - FORM_OVERHEAD_BYTES)])
+    except TimeoutError:
+        raise RequestTimeoutError(f"the body did not arrive within {timeout_s:g}s") from None
+
+
 async def _parse(request: Request, content_type: str, max_image_bytes: int) -> _FormCollector:
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -163,6 +183,8 @@ async def _parse(request: Request, content_type: str, max_image_bytes: int) -> _
         parser.finalize()
     except FormParserError as exc:
         raise _malformed("invalid multipart data") from exc
+    if not collector.complete:  # e.g. a connection cut inside the image part: not a missing image (422)
+        raise _malformed("the body ended before the closing boundary")
     return collector
 
 

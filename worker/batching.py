@@ -7,8 +7,8 @@ list AND parked under this worker (``diffbir:batch:parked:{worker_id}``) togethe
 job's message is always either in the queue, parked under a worker, or acked after the job finished:
 
 - this worker finishes a mate -> its parked message is dropped (the job record already says how it ended);
-- this worker dies -> its heartbeat goes stale, and any live worker (``recover_dead_workers``, run with every
-  heartbeat) pushes the parked messages back onto the queue; the job is redelivered like any lost job
+- this worker dies -> its lease lapses, and any live worker (``recover_dead_workers``, run on every lease
+  tick) pushes the parked messages back onto the queue; the job is redelivered like any lost job
   (``attempts`` += 1, bounded by ``worker_max_attempts``).
 
 Waiting is bounded (``batch_max_wait_s``, default 50 ms) and so is the batch (``batch_max_size``; 1 turns
@@ -170,15 +170,17 @@ class Batcher:
         """The mate's batch failed before it ended: hand its message back to the queue to run again."""
         return bool(self._requeue(keys=[self.queue, self.parked_key], args=[job_id]))
 
-    def recover_dead_workers(self, max_age_s: float, now: float | None = None) -> int:
-        """Requeue the parked messages of workers whose heartbeat is older than ``max_age_s`` (or gone)."""
-        now = time.time() if now is None else now
+    def requeue_all(self) -> int:
+        """This worker lets go of every parked message (shutdown past its grace)."""
+        keys = [self.queue, self.parked_key, PARKED_WORKERS_KEY]
+        return int(self._restore(keys=keys, args=[self.worker_id]))
+
+    def recover_dead_workers(self) -> int:
+        """Requeue the parked messages of workers whose lease has lapsed."""
         restored = 0
         for raw_id in self.redis.smembers(PARKED_WORKERS_KEY):
             worker_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            if worker_id == self.worker_id:
-                continue
-            if self.workers.is_alive(worker_id, max_age_s, now):
+            if worker_id == self.worker_id or self.workers.has_lease(worker_id):
                 continue
             count = int(
                 self._restore(keys=[self.queue, parked_key(worker_id), PARKED_WORKERS_KEY], args=[worker_id])

@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from kombu import Queue
 
-from common.queue import enqueue_restore, make_celery
+from common.connections import connect
+from common.queue import enqueue_restore_front, make_celery
 from worker import job_trace, runner
 from worker.config import WorkerSettings, get_worker_settings
 
@@ -64,9 +66,17 @@ def make_worker_app(settings: WorkerSettings) -> Celery:
 app = make_worker_app(get_worker_settings())
 
 
+_broker_client: redis.Redis | None = None
+
+
 def publish_restore(job_id: str) -> object:
-    """Enqueue ``diffbir.restore(job_id)`` on this worker's broker (again: the job was lost elsewhere)."""
-    return enqueue_restore(app, get_worker_settings(), job_id)
+    """Enqueue ``diffbir.restore(job_id)`` again at the FRONT of the queue (the job was lost or handed back:
+    it has waited its turn already)."""
+    global _broker_client
+    settings = get_worker_settings()
+    if _broker_client is None:
+        _broker_client = connect(settings)
+    return enqueue_restore_front(app, settings, _broker_client, job_id)
 
 
 @signals.worker_process_init.connect
@@ -78,6 +88,11 @@ def _load_model(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_heartbeat(**_: Any) -> None:
     runner.mark_ready(publish_restore)
+
+
+@signals.worker_shutting_down.connect
+def _begin_shutdown(**_: Any) -> None:
+    runner.begin_shutdown()
 
 
 @signals.worker_shutdown.connect

@@ -45,6 +45,31 @@ class WorkerSettings(Settings):
     worker_progress_interval_s: float = Field(
         0.2, gt=0, description="Min seconds between progress writes and cancel-flag reads (<= 5/s)."
     )
+    worker_lease_ttl_s: float = Field(
+        8.0,
+        ge=1.0,
+        description="A worker renews its lease every quarter of this; a worker silent this long is presumed "
+        "dead and its jobs are requeued at the front of the queue (recovery within about this time).",
+    )
+    worker_outbox_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="A queued job with no broker message for this long (its API died before publishing, or "
+        "the message was lost) is published again.",
+    )
+    worker_finish_retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long a finished job keeps retrying to store its result and status through a "
+        "storage outage; past it the job is failed, or handed back to the queue once Redis returns.",
+    )
+    worker_shutdown_grace_s: float = Field(
+        600.0,
+        ge=0,
+        description="On SIGTERM the worker takes no new job and lets the current one finish for this long, "
+        "then hands it back to the front of the queue and exits (0 = hand back at once). Keep it below the "
+        "orchestrator's kill timeout (terminationGracePeriodSeconds).",
+    )
     worker_webhook_threads: int = Field(2, ge=1, description="Background threads delivering webhooks.")
     worker_compile: bool = Field(
         False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from common.blobstore import BlobStore
@@ -18,8 +18,10 @@ from common.workers import WorkerRegistry
 from worker.batching import Batcher
 from worker.config import WorkerSettings
 from worker.heartbeat import Heartbeat
+from worker.lease import LeaseKeeper
 from worker.metrics import WorkerMetrics
 from worker.notify import WebhookSender
+from worker.outbox import OutboxSweeper
 from worker.recovery import Ownership
 
 if TYPE_CHECKING:
@@ -67,5 +69,11 @@ class WorkerContext:
     heartbeat: Heartbeat | None = None
     batcher: Batcher | None = None  # None: batching off
     ownership: Ownership | None = None  # None: lost jobs wait for the broker's visibility timeout
+    lease: LeaseKeeper | None = None  # renews this worker's lease and runs the recovery housekeeping
+    outbox: OutboxSweeper | None = None  # republishes queued jobs that lost their broker message
+    # Jobs this worker could not finish nor record through a storage outage: handed back once Redis returns.
+    hand_back_later: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)  # jobs this process claimed and has not finished
+    strays: set[str] = field(default_factory=set)  # held in Redis, not running here, at the last lease tick
     model_load_s: float = 0.0
     exit_process: Callable[[int], None] = os._exit

@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from common import imaging
 from common.blobstore import input_key
+from common.faults import fault_point
 from common.jobs import ErrorCode, Job
 from worker.context import WorkerContext
 from worker.failures import with_retries
@@ -64,6 +65,8 @@ class Execution:
         self.trace.stage(stage)
         now = time.monotonic()
         if stage == "sampler":
+            if step >= 1:
+                fault_point("mid_sampling")
             if self._last_step_at is not None and step > 0:
                 self.ctx.metrics.sampler_step.observe(now - self._last_step_at)
             self._last_step_at = now

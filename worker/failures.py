@@ -59,15 +59,23 @@ def public_message(code: ErrorCode, exc: BaseException) -> str:
 
 
 @traced_call
-def with_retries(ctx: WorkerContext, fn: Callable[..., T], *args: Any, what: str = "") -> T:
-    """Call ``fn`` retrying transient connection errors with exponential backoff (bounded)."""
+def with_retries(
+    ctx: WorkerContext, fn: Callable[..., T], *args: Any, what: str = "", until: float | None = None
+) -> T:
+    """Call ``fn`` retrying transient connection errors with exponential backoff (bounded).
+
+    With ``until`` (a ``time.monotonic()`` deadline) it keeps retrying until then however many attempts
+    that takes (a finished job riding out a storage outage), with the backoff capped at 5 s.
+    """
     retries = ctx.settings.worker_transient_retries
     delay = ctx.settings.worker_transient_backoff_s
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         try:
             return fn(*args)
         except Exception as exc:
-            if not is_transient(exc) or attempt == retries:
+            out_of_time = until is None or time.monotonic() + delay > until
+            if not is_transient(exc) or (attempt >= retries and out_of_time):
                 raise
             log.warning(
                 "%s failed (%s: %s); retry %d/%d in %.2fs",
@@ -79,5 +87,5 @@ def with_retries(ctx: WorkerContext, fn: Callable[..., T], *args: Any, what: str
                 delay,
             )
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-    raise AssertionError("unreachable")
+            delay = min(delay * 2, 30.0 if until is None else 5.0)
+            attempt += 1

@@ -139,11 +139,11 @@ def traced_call(fn: Callable[..., T]) -> Callable[..., T]:
     input, store result, mark succeeded ...). Outside a traced job (heartbeat housekeeping) it adds none."""
 
     @functools.wraps(fn)
-    def wrapper(ctx: Any, call: Callable[..., T], *args: Any, what: str = "") -> T:
+    def wrapper(ctx: Any, call: Callable[..., T], *args: Any, what: str = "", **options: Any) -> T:
         if not telemetry.enabled():
-            return fn(ctx, call, *args, what=what)
+            return fn(ctx, call, *args, what=what, **options)
         with telemetry.child_span(what or getattr(call, "__name__", "storage call")):
-            return fn(ctx, call, *args, what=what)
+            return fn(ctx, call, *args, what=what, **options)
 
     return wrapper
 

@@ -1,6 +1,7 @@
 """A delivered job's lifecycle on the worker, and every status write it makes:
 
-    get job -> skip if finished/canceled -> mark running (attempts += 1) -> claim batch mates -> fetch input
+    claim (one transaction: skip if finished/canceled/running on a live worker, else mark running,
+    attempts += 1, record ownership) -> claim batch mates -> fetch input
     -> decode -> pipeline (throttled progress, cancel flag, soft deadline) -> encode -> store result
     -> mark succeeded | failed | canceled (the webhook message is queued with the status: common.job_store)
 
@@ -9,6 +10,10 @@ repeat: a finished job is skipped, a redelivered running job starts over and cou
 delivered more than ``worker_max_attempts`` times ends ``failed`` with ``worker_lost`` instead of
 crash-looping. Final writes carry the attempt number, so a superseded attempt writes nothing. The input blob
 is kept on failure so the job can be retried.
+
+Finishing rides out storage outages: the result and the final status are retried until
+``worker_finish_retry_s`` has passed; past that the job is failed if Redis allows, else handed back to the
+queue by the lease thread as soon as Redis returns (``runner.hand_back_later``), never left ``running``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from PIL import Image
 from common import imaging
 from common.blobstore import BlobNotFoundError, input_key, result_key
 from common.errors import JobStateError
+from common.faults import fault_point
 from common.jobs import ErrorCode, Job, JobStatus, ResultInfo, result_url
+from common.params import RestoreParams
 from worker import loading
 from worker.context import WorkerContext
 from worker.execution import Execution, Prepared, prepare, run_model, start_hard_limit_watchdog
@@ -66,6 +73,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         _release(ctx, executions, mates)
     finally:
         watchdog.cancel()
+        ctx.running.difference_update(e.job.id for e in executions)
         ctx.metrics.busy.set(0)
         for execution in executions:
             ctx.metrics.job_duration.observe(time.monotonic() - execution.started)
@@ -95,9 +103,11 @@ def run_executions(ctx: WorkerContext, executions: list[Execution]) -> list[str]
 def _abandon(ctx: WorkerContext, executions: list[Execution], mates: list[Job], exc: Exception) -> None:
     """``run_executions`` raised: make sure no job of the batch stays ``running`` with no message left.
 
-    Transient (storage away beyond the retries): the task requeues the first job's message; the mates'
-    parked messages go back to the queue too, so every job runs again. Anything else is a bug: every job
-    that has not ended is failed ``internal`` (the message is acked, nothing would run it again).
+    Transient (storage away beyond the retries): the task requeues the first job's message (and it is
+    handed back through the outbox); the mates' parked messages go back to the queue too, so every job runs
+    again; if Redis is still away, the lease thread hands them all back once it returns. Anything else is a
+    bug: every job that has not ended is failed ``internal`` (the message is acked, nothing would run it
+    again).
     """
     if is_transient(exc):
         try:
@@ -105,10 +115,15 @@ def _abandon(ctx: WorkerContext, executions: list[Execution], mates: list[Job], 
                 for mate in mates:
                     ctx.batcher.requeue(mate.id)
             if ctx.ownership is not None:
-                for execution in executions:
+                # The first job goes back through the outbox too, not only the task's requeue: if that
+                # reject never reaches the broker, the outbox sweep still finds the job (a duplicate is
+                # refused by the claim).
+                ctx.ownership.hand_back(executions[0].job.id)
+                for execution in executions[1:]:
                     ctx.ownership.release(execution.job.id)
-        except redis.RedisError as err:  # still down: the parked messages wait for a restart's recovery
+        except redis.RedisError as err:  # still down: the lease thread hands them back once Redis returns
             log.error("could not requeue the batch of %s: %s", executions[0].job.id, err)
+            ctx.hand_back_later.update(e.job.id for e in executions)
         return
     log.exception("job %s: unexpected error outside the per-job handling", executions[0].job.id)
     message = f"internal error ({type(exc).__name__})"
@@ -140,23 +155,16 @@ def _release(ctx: WorkerContext, executions: list[Execution], mates: list[Job]) 
 
 def start_job(ctx: WorkerContext, job_id: str) -> Job | None:
     """Claim a job for this attempt; None when it must not run (missing, finished, canceled, retried out)."""
-    job = with_retries(ctx, ctx.store.get, job_id, what="get job")
+    claim_fn = ctx.ownership.claim if ctx.ownership is not None else ctx.store.claim
+    claim = with_retries(ctx, claim_fn, job_id, what="claim job")
+    job = claim.job
     if job is None:
-        log.warning("job %s not found (expired or never created); dropping its message", job_id)
+        log.info("job %s not started (%s); dropping this delivery", job_id, claim.why)
         return None
-    if job.status.terminal:
-        log.info("job %s is already %s; skipping", job_id, job.status)
-        return None
-    if job.status is JobStatus.running and ctx.ownership is not None:
-        owner = with_retries(ctx, ctx.ownership.live_owner, job_id, ctx.settings.worker_heartbeat_max_age_s)
-        if owner is not None:
-            log.info("job %s is running on live worker %s; skipping this duplicate delivery", job_id, owner)
-            return None
-    job = with_retries(ctx, ctx.store.mark_running, job_id, what="mark running")
-    if job is None:
-        return None  # canceled or finished between the two reads
+    ctx.running.add(job_id)
+    fault_point("after_claim")
     try:
-        return _started(ctx, job)
+        started = _started(ctx, job)
     except Exception as exc:
         # Marked running but not handed to run_job: a bug here must not leave it 'running' for good.
         if not is_transient(exc):  # transient: the task requeues the message and the job runs again
@@ -165,7 +173,12 @@ def start_job(ctx: WorkerContext, job_id: str) -> Job | None:
             _transition(
                 ctx, "mark failed", ctx.store.fail, job_id, ErrorCode.internal, message, None, job.attempts
             )
+        ctx.running.discard(job_id)  # still held if Redis was away: the lease thread hands it back
         raise
+    if started is None:  # ended before it ran (retried out, or canceled): nothing of it is held any more
+        ctx.running.discard(job_id)
+        _release_ownership(ctx, job_id)
+    return started
 
 
 def _started(ctx: WorkerContext, job: Job) -> Job | None:
@@ -186,9 +199,7 @@ def _started(ctx: WorkerContext, job: Job) -> Job | None:
         return None
     if job.attempts == 1 and job.started_at is not None:
         ctx.metrics.queue_wait.observe(max(0.0, (job.started_at - job.created_at).total_seconds()))
-    if ctx.ownership is not None:
-        with_retries(ctx, ctx.ownership.claim, job_id, what="claim job")
-    steps = job.params.steps
+    steps = job.params.steps or 0  # unset: the weights version's default, known once the model resolves it
     with_retries(
         ctx, ctx.store.set_progress, job_id, "starting", 0, steps, job.attempts, what="reset progress"
     )
@@ -238,26 +249,39 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
     fmt = job.params.output_format
     data = execution.timed("encode_output", _encode, result.image, fmt)
     height, width = int(result.image.shape[0]), int(result.image.shape[1])
-    if not _still_ours(ctx, job):
+    until = time.monotonic() + ctx.settings.worker_finish_retry_s  # ride out a storage outage until then
+    if not _still_ours(ctx, job, until):
         return "skipped"
-    with_retries(
-        ctx, ctx.blobs.put, result_key(job.id, fmt), data, job.params.content_type, what="store result"
-    )
+    key = result_key(job.id, fmt)
+    with_retries(ctx, ctx.blobs.put, key, data, job.params.content_type, what="store result", until=until)
+    fault_point("after_result_stored")
     timings = dict(execution.timings)
     for name, seconds in result.timings.items():
         timings["model_total" if name == "total" else name] = round(float(seconds), 6)
     timings["total"] = round(time.monotonic() - execution.started, 6)
     info = ResultInfo(
-        url=result_url(job.id),
+        url=result_url(job.id, job.urls),
         content_type=job.params.content_type,
         width=width,
         height=height,
         bytes=len(data),
         faces=result.faces,
     )
-    finished = _transition(ctx, "mark succeeded", ctx.store.succeed, job.id, info, timings, job.attempts)
+    finished = _transition(
+        ctx,
+        "mark succeeded",
+        ctx.store.succeed,
+        job.id,
+        info,
+        timings,
+        job.attempts,
+        resolved_params(job.params, getattr(result, "options", None)),
+        getattr(result, "version", None),
+        until=until,
+    )
     if finished is None:
         return "skipped"
+    fault_point("after_status_written")
     ctx.metrics.observe_stages(timings)
     if result.peak_memory_bytes is not None:
         ctx.metrics.gpu_peak_memory.observe(result.peak_memory_bytes)
@@ -266,6 +290,15 @@ def finish_succeeded(ctx: WorkerContext, execution: Execution, result: RestoreRe
         ctx.metrics.turnaround.observe(max(0.0, (finished.finished_at - finished.created_at).total_seconds()))
     _drop_input(ctx, job.id)
     return finished.status.value
+
+
+def resolved_params(params: RestoreParams, options: object | None) -> RestoreParams | None:
+    """The request's parameters as the model ran them (`RestoreResult.options`: version defaults filled in,
+    the seed used); None when the pipeline did not report them."""
+    if options is None:
+        return None
+    ran = {name: getattr(options, name) for name in params.model_options() if hasattr(options, name)}
+    return params.model_copy(update=ran)
 
 
 def finish_failed(
@@ -293,14 +326,14 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
     return imaging.encode(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)), fmt)
 
 
-def _still_ours(ctx: WorkerContext, job: Job) -> bool:
+def _still_ours(ctx: WorkerContext, job: Job, until: float | None = None) -> bool:
     """Before writing the result blob: is this attempt still the job's current one?
 
     The result key is fixed per job, so a worker that was presumed dead (its job redelivered and maybe
     already finished by another worker) would otherwise overwrite the recorded result with different bytes.
     ``succeed`` fences the record itself; this check keeps the blob from being replaced first.
     """
-    current = with_retries(ctx, ctx.store.get, job.id, what="re-read job")
+    current = with_retries(ctx, ctx.store.get, job.id, what="re-read job", until=until)
     if current is None or current.status is not JobStatus.running or current.attempts != job.attempts:
         state = "gone" if current is None else f"{current.status}, attempt {current.attempts}"
         log.warning("job %s: attempt %d is stale (%s); its result is discarded", job.id, job.attempts, state)
@@ -308,13 +341,23 @@ def _still_ours(ctx: WorkerContext, job: Job) -> bool:
     return True
 
 
-def _transition(ctx: WorkerContext, what: str, fn: Callable[..., Job | None], *args: Any) -> Job | None:
+def _transition(
+    ctx: WorkerContext, what: str, fn: Callable[..., Job | None], *args: Any, until: float | None = None
+) -> Job | None:
     """Write a final status; None when the job is gone or someone else already finished it."""
     try:
-        return with_retries(ctx, fn, *args, what=what)
+        return with_retries(ctx, fn, *args, what=what, until=until)
     except JobStateError as exc:
         log.warning("job %s not updated (%s): %s", args[0], what, exc)
         return None
+
+
+def _release_ownership(ctx: WorkerContext, job_id: str) -> None:
+    try:
+        if ctx.ownership is not None:
+            ctx.ownership.release(job_id)
+    except redis.RedisError as exc:  # the lease thread hands back what is held but not running here
+        log.warning("could not release %s: %s", job_id, exc)
 
 
 def _drop_input(ctx: WorkerContext, job_id: str) -> None:

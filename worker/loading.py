@@ -1,4 +1,5 @@
-"""Load the pipeline the worker settings ask for, warm it up, and give device memory back after an OOM.
+"""Load the pipeline the worker settings ask for, warm it up, publish what it offers, and give device memory
+back after an OOM.
 
 The only worker module that touches torch or ``model.pipeline``, and only inside functions, so that importing
 ``worker.celery_app`` for its configuration never pulls in the GPU stack.
@@ -11,6 +12,9 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import redis
+
+from common import capabilities
 from worker.config import WorkerSettings
 from worker.context import OptionsFactory, RestorePipeline
 
@@ -70,11 +74,24 @@ def warm_up(pipeline: RestorePipeline, options_factory: OptionsFactory) -> float
 
     started = time.perf_counter()
     image = np.full((128, 128, 3), 127, dtype=np.uint8)
-    pipeline.restore(image, options_factory(task="sr", upscale=4.0, seed=0))
+    # cfg named: a version's default may be either (v1 samples without CFG)
+    pipeline.restore(image, options_factory(task="sr", upscale=4.0, seed=0, cfg_scale=4.0))
     pipeline.restore(image, options_factory(task="sr", upscale=4.0, seed=0, cfg_scale=1.0))
     seconds = time.perf_counter() - started
     log.info("warm-up restore took %.1fs", seconds)
     return seconds
+
+
+def publish_capabilities(client: redis.Redis, pipeline: DiffBIRPipeline) -> None:
+    """Tell the API what this worker's weights offer (`GET /v1/models`): version, tasks, samplers, the
+    defaults it fills in. Best effort: a worker that cannot write it still serves jobs."""
+    from model.presets import capabilities as describe
+
+    document = describe(pipeline.version, pipeline.tasks, pipeline.preset)
+    try:
+        capabilities.publish(client, document)
+    except redis.RedisError as exc:
+        log.warning("could not publish the capability document of %s: %s", pipeline.version, exc)
 
 
 def free_device_memory() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import redis
 
 from common import telemetry
+from common.faults import fault_point
 from common.logging_setup import log_context
 from common.settings import Settings
 from common.webhook_outbox import Delivery, Outbox
@@ -81,6 +82,7 @@ class WebhookSender:
             return
         s = self.settings
         secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+        fault_point("during_webhook")
         headers = signature_headers(delivery.id, delivery.body, secret, int(time.time()))
         result = deliver(
             delivery.url,

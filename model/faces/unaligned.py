@@ -92,8 +92,11 @@ def restore_unaligned(
     background_options = dataclasses.replace(options, task="sr", seed=seed)
     images = [a.crop for a in aligned] + [prep.image]
     n = len(images)
+    # Progress from one face (the faces share a batch, so they report the same steps) and the background;
+    # every part polls the cancel hook, as a batch stops only when all its items are canceled.
+    progresses = [progress if i in (0, n - 1) else None for i in range(n)]
     results = restore_batch(
-        images, [face_options] * len(aligned) + [background_options], [progress] * n, [should_cancel] * n
+        images, [face_options] * len(aligned) + [background_options], progresses, [should_cancel] * n
     )
     for r in results:
         if isinstance(r, Exception):

@@ -57,18 +57,71 @@ def test_every_option_is_a_request_field_and_back() -> None:
         (params.TASKS, options.TASKS),
         (params.SAMPLERS, options.SAMPLERS),
         (params.COLOR_FIXES, options.COLOR_FIXES),
+        (params.START_POINTS, options.START_POINTS),
+        (params.GUIDANCE_SPACES, options.GUIDANCE_SPACES),
+        (params.GUIDANCE_LOSSES, options.GUIDANCE_LOSSES),
+        (params.HPARAMS, options.HPARAMS),
+        (params.VERSION_DEFAULTED, options.VERSION_DEFAULTED),
     ],
-    ids=["tasks", "samplers", "color_fixes"],
+    ids=[
+        "tasks",
+        "samplers",
+        "color_fixes",
+        "start_points",
+        "guidance_spaces",
+        "guidance_losses",
+        "hparams",
+        "by_version",
+    ],
 )
 def test_vocabularies_agree(api_vocab: tuple[str, ...], model_vocab: tuple[str, ...]) -> None:
     assert sorted(api_vocab) == sorted(model_vocab)
 
 
-def test_literal_fields_use_the_named_vocabularies() -> None:
-    fields = RestoreParams.model_fields
-    assert get_args(fields["task"].annotation) == params.TASKS
-    assert get_args(fields["sampler"].annotation) == params.SAMPLERS
-    assert get_args(fields["color_fix"].annotation) == params.COLOR_FIXES
+def _literal(name: str) -> tuple[str, ...]:
+    """The Literal choices of a request field, `X | None` unwrapped."""
+    annotation = RestoreParams.model_fields[name].annotation
+    for arg in get_args(annotation) or (annotation,):
+        if get_args(arg) and all(isinstance(a, str) for a in get_args(arg)):
+            return get_args(arg)
+    return get_args(annotation)
+
+
+@pytest.mark.parametrize(
+    ("name", "vocab"),
+    [
+        ("task", params.TASKS),
+        ("sampler", params.SAMPLERS),
+        ("color_fix", params.COLOR_FIXES),
+        ("start_point", params.START_POINTS),
+        ("guidance_space", params.GUIDANCE_SPACES),
+        ("guidance_loss", params.GUIDANCE_LOSSES),
+    ],
+)
+def test_literal_fields_use_the_named_vocabularies(name: str, vocab: tuple[str, ...]) -> None:
+    assert _literal(name) == vocab
+
+
+def test_sampler_hyper_parameters_per_sampler_agree() -> None:
+    assert params.SAMPLER_HPARAMS == options.SAMPLER_HPARAMS
+
+
+def test_tile_rules_agree() -> None:
+    assert params.TILE_MULTIPLES == options.TILE_MULTIPLES
+    assert params.TILE_STRIDES == options.TILE_STRIDES
+
+
+def test_integer_options_are_integer_fields() -> None:
+    for name in BOUNDS:
+        annotation = RestoreParams.model_fields[name].annotation
+        kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+        assert kinds == ({int} if name in options.INTEGER_OPTIONS else {float}), name
+
+
+def test_version_defaulted_fields_are_unset_on_both_sides() -> None:
+    for name in options.VERSION_DEFAULTED:
+        assert RestoreParams.model_fields[name].default is None
+        assert model_defaults()[name] is None
 
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))
@@ -94,3 +147,39 @@ def test_defaults_agree(name: str) -> None:
 
 def test_default_negative_prompt_is_the_models() -> None:
     assert params.DEFAULT_NEGATIVE_PROMPT == options.OFFICIAL_DEFAULT_NEGATIVE_PROMPT
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(1, 60000), (60000, 1), (300, 200), (512, 512), (7, 7), (2000, 9)]
+)
+def test_stage2_size_is_the_planners(width: int, height: int) -> None:
+    """The API's submit-time size check computes the stage-2 size as the worker's planner does."""
+    from model.planning import FULL_MIN_SHORT_EDGE, Planner
+
+    assert params.STAGE2_MIN_SHORT_EDGE == FULL_MIN_SHORT_EDGE
+    h, w = Planner(min_short_edge=FULL_MIN_SHORT_EDGE).diffusion_size((height, width))
+    assert params.stage2_size(width, height) == (w, h)
+
+
+def test_the_api_refuses_what_the_model_refuses() -> None:
+    """Cross-field rules: the same combinations fail on both sides."""
+    from pydantic import ValidationError
+
+    from model.errors import InvalidInputError
+
+    cases: list[dict[str, Any]] = [
+        {"guidance_loss": "w_mse"},
+        {"sampler": "spaced", "s_churn": 1.0},
+        {"eta": 0.5},
+        {"sampler": "edm_heun", "s_tmin": 400.0},
+        {"stage1_tile": 96},
+        {"latent_stride": 64},
+        {"guidance_start": 10, "guidance_stop": 9},
+    ]
+    for case in cases:
+        with pytest.raises(ValidationError):
+            RestoreParams(**case)
+        with pytest.raises(InvalidInputError):
+            RestoreOptions(**case).validate()
+    fine = {"sampler": "edm_heun", "s_churn": 1.0, "s_tmin": 0.5, "stage1_tile": 512, "stage1_stride": 256}
+    RestoreOptions(**RestoreParams(**fine).model_options()).validate()

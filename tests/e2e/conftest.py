@@ -2,8 +2,8 @@
 process on free ports, against an isolated redis-server, for each storage backend (Redis blobs, moto S3).
 
 One stack (Redis + worker + API) is shared by every test of a backend: model loading dominates start-up, so
-tests leave the stack as they found it (worker alive, queue drained). Time limits are shortened so that a
-killed worker's job is redelivered within seconds instead of the production hour.
+tests leave the stack as they found it (worker alive, queue drained). Time limits and the worker lease are
+shortened so that a killed worker's job is redelivered within seconds.
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         self.starts += 1
         log = self.log_path.open("ab")
-        log.write(f"\n===== start #{self.starts} =====\n".encode())
+        log.write(f"\n===== start #{self.starts} {extra_env or ''} =====\n".encode())
         log.flush()
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        env = {**self.env, **extra_env}
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
     @property
@@ -111,8 +112,8 @@ class Stack:
 
     # --- processes ---
 
-    def start_worker(self, timeout_s: float = 120.0) -> None:
-        self.worker.start()
+    def start_worker(self, timeout_s: float = 120.0, **extra_env: str) -> None:
+        self.worker.start(**extra_env)
         wait_until(self.worker_ready, timeout_s, 0.2, what=f"worker ready\n{self.worker.tail()}")
 
     def worker_ready(self) -> bool:
@@ -128,8 +129,8 @@ class Stack:
         assert self.worker.proc is not None
         return f"{socket.gethostname()}:{self.worker.proc.pid}"  # WorkerSettings' default worker_id
 
-    def start_api(self, timeout_s: float = 60.0) -> None:
-        self.api.start()
+    def start_api(self, timeout_s: float = 60.0, **extra_env: str) -> None:
+        self.api.start(**extra_env)
 
         def up() -> bool:
             assert self.api.alive, f"API exited:\n{self.api.tail()}"
@@ -231,10 +232,15 @@ def _base_env(redis_url: str) -> dict[str, str]:
         DIFFBIR_TASK_HARD_TIME_LIMIT_S=str(HARD_LIMIT_S),
         DIFFBIR_BROKER_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
         DIFFBIR_BROKER_RESTORE_INTERVAL_S="1",
+        DIFFBIR_WORKER_LEASE_TTL_S="2",  # a dead worker's job runs again within ~2 s
+        DIFFBIR_WORKER_OUTBOX_GRACE_S="1",
         DIFFBIR_WEBHOOK_SECRET=WEBHOOK_SECRET,
         DIFFBIR_WEBHOOK_ALLOW_HOSTS=json.dumps(["127.0.0.1"]),
         DIFFBIR_WEBHOOK_BACKOFF_S="0.1",
         DIFFBIR_WEBHOOK_MAX_RETRIES="2",
+        # Image URLs from the tests' plain-http server on loopback (production: https, public hosts only).
+        DIFFBIR_IMAGE_FETCH_ALLOW_HTTP="true",
+        DIFFBIR_IMAGE_FETCH_ALLOW_HOSTS=json.dumps(["127.0.0.1"]),
         # A sender killed mid-delivery is replaced within seconds (the lease), not the production 30 s.
         DIFFBIR_WEBHOOK_TIMEOUT_S="2",
         DIFFBIR_WEBHOOK_LEASE_S="4",

@@ -38,9 +38,9 @@ def tiny_cldm_random() -> ControlLDM:
 @pytest.fixture(scope="session")
 def face_weight_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the unaligned_face task's two files in their official layouts, random weights:
-    `detection_Resnet50_Final.pth` as the original RetinaFace release saved it (`module.` prefixes, from a
-    DataParallel model, and no BatchNorm counters) and `parsing_parsenet.pth` (plain keys). Written once per
-    session (about 200 MB); link them into a weights folder with `link_face_weight_files`."""
+    `detection_Resnet50_Final.pth` in the least plain layout facexlib's loader accepts (`module.` prefixes,
+    which it strips, and no BatchNorm counters, which torch fills in) and `parsing_parsenet.pth` (plain keys).
+    Written once per session (about 200 MB); tests link them into their weights folders."""
     from model.faces.detection import build_retinaface
     from model.faces.parsing import build_parsenet
 
@@ -51,11 +51,3 @@ def face_weight_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(det, root / "detection_Resnet50_Final.pth")
     torch.save(build_parsenet().state_dict(), root / "parsing_parsenet.pth")
     return root
-
-
-def link_face_weight_files(source: Path, weights_dir: Path) -> Path:
-    """Symbolic links to the session's face files in `weights_dir` (the loaders follow them)."""
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    for path in source.iterdir():
-        (weights_dir / path.name).symlink_to(path)
-    return weights_dir

@@ -185,7 +185,7 @@ def test_registry_has_the_files_facexlib_fetches() -> None:
 def test_retinaface_loads_strictly_from_the_official_layout(face_weight_files: Path) -> None:
     path = face_weight_files / "detection_Resnet50_Final.pth"
     raw = torch.load(path, weights_only=True)
-    assert all(k.startswith("module.") for k in raw)  # DataParallel layout, no BatchNorm counters
+    assert all(k.startswith("module.") for k in raw)  # DataParallel prefixes, and no BatchNorm counters
     assert not any(k.endswith("num_batches_tracked") for k in raw)
     for key, shape in DETECTOR_KEYS.items():
         assert tuple(raw[f"module.{key}"].shape) == shape, key

@@ -95,15 +95,16 @@ def test_version_diffusion_and_stage1(version: str) -> None:
 def test_official_default_options() -> None:
     """v1 release: spaced 50 steps without CFG; README commands: v2 = spaced 50 steps, cfg 4, empty prompt,
     the 'low quality' negative prompt; v2.1 = 10 steps of a DPM-Solver++ family sampler, cfg 8, the
-    'Cinematic' / 'painting' prompts."""
+    'Cinematic' / 'painting' prompts; upstream's default sampler edm_dpm++_3m_sde."""
     for version, cfg in (("v1", 1.0), ("v2", 4.0)):
         for task in ("sr", "face", "denoise"):
             o = default_options(version, task)
             assert (o.sampler, o.steps, o.cfg_scale, o.prompt) == ("spaced", 50, cfg, "")
-            assert o.negative_prompt == OFFICIAL_DEFAULT_NEGATIVE_PROMPT == RestoreOptions().negative_prompt
+            assert o.negative_prompt == OFFICIAL_DEFAULT_NEGATIVE_PROMPT
+            assert RestoreOptions().negative_prompt is None  # unset: the weights version decides
             assert o.upscale == (4.0 if task == "sr" else 1.0) and o.color_fix == "wavelet"
     o = default_options("v2.1", "face")
-    assert (o.sampler, o.steps, o.cfg_scale, o.upscale) == ("dpmpp", 10, 8.0, 1.0)
+    assert (o.sampler, o.steps, o.cfg_scale, o.upscale) == ("edm_dpm++_3m_sde", 10, 8.0, 1.0)
     assert o.prompt == OFFICIAL_V21_POSITIVE_PROMPT and o.prompt.startswith("Cinematic, High Contrast")
     assert o.negative_prompt == OFFICIAL_V21_NEGATIVE_PROMPT and o.negative_prompt.startswith("painting")
     assert default_options("v2", "sr", seed=7).seed == 7

@@ -4,10 +4,14 @@ is the sr restoration of the photo with the face task's restoration of each alig
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from model import imageops
 from model.errors import CanceledError, InvalidInputError
@@ -112,3 +116,34 @@ def test_v1_has_no_unaligned_face() -> None:
         pipe.restore(IMAGE, OPTIONS)
     with pytest.raises(InvalidInputError, match="not available with v1"):
         DiffBIRPipeline.from_preset("tiny", "v1", device="cpu", precision="fp32", tasks=["unaligned_face"])
+
+
+@pytest.mark.slow
+def test_cli_restores_an_unaligned_photo_at_the_official_upscale(tmp_path: Path) -> None:
+    """`python -m model restore --task unaligned_face` (tiny preset): upstream's README upscale of 2."""
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    Image.fromarray(IMAGE).save(src)
+    flags = [
+        "--task",
+        "unaligned_face",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--version",
+        "v2",
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "model", "restore", str(src), "-o", str(dst), *flags],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(dst).size == (96, 80)

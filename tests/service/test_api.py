@@ -47,7 +47,7 @@ def test_submit_records_stores_and_enqueues(client: TestClient, redis_client: re
     resp = submit(client, data, task="denoise", upscale="1", steps="10", seed="7")
     assert resp.status_code == 202, resp.text
     job = resp.json()
-    assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert resp.headers["location"] == f"http://testserver/v1/jobs/{job['id']}" == job["urls"]["get"]
     assert job["status"] == "queued" and "owner" not in job
     assert job["params"]["task"] == "denoise" and job["params"]["steps"] == 10 and job["params"]["seed"] == 7
     assert job["input"] == {"width": 32, "height": 24, "format": "png", "bytes": len(data), "conversions": []}
@@ -170,7 +170,7 @@ def test_every_v1_route_requires_a_key(make_client: ClientFactory) -> None:
     spec = client.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     paths = {p: ops for p, ops in spec["paths"].items() if p.startswith("/v1/")}
-    assert sum(len(ops) for ops in paths.values()) == 7
+    assert sum(len(ops) for ops in paths.values()) == 8  # ... and GET /v1/models
     for template, ops in paths.items():
         for method in ops:
             path = template.replace("{job_id}", "j_" + "a" * 22)
@@ -195,8 +195,10 @@ def test_upload_size_cap(make_client: ClientFactory) -> None:
 
 
 def test_request_shape_errors(client: TestClient) -> None:
-    resp = client.post("/v1/restore", json={"task": "sr"})
+    resp = client.post("/v1/restore", content=b"task=sr", headers={"Content-Type": "text/plain"})
     assert resp.status_code == 415
+    resp = client.post("/v1/restore", json={"task": "sr"})  # JSON without an image
+    assert resp.status_code == 422 and resp.json()["errors"][0]["loc"] == ["image"]
     resp = client.post("/v1/restore", data={"task": "sr"}, files={"other": ("x", b"1")})
     assert resp.status_code == 422
     resp = client.post("/v1/restore", files={"task": (None, "sr")})  # multipart without an image

@@ -22,13 +22,23 @@ Event = dict[str, str]
 
 
 def read_stream(
-    client: TestClient, job_id: str, headers: dict[str, str] | None = None
+    client: TestClient,
+    job_id: str,
+    headers: dict[str, str] | None = None,
+    first_event: threading.Event | None = None,
 ) -> tuple[list[Event], str]:
-    """The events of one connection (it must end by itself) and the raw text (comments included)."""
+    """The events of one connection (it must end by itself) and the raw text (comments included).
+
+    ``first_event`` is set once the first event has arrived (the stream's snapshot is taken), so changes
+    made after it must come as live events, however slowly the machine runs."""
     with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers or {}) as resp:
         assert resp.status_code == 200, resp.read()
         assert resp.headers["content-type"].startswith("text/event-stream")
-        text = "".join(resp.iter_text())
+        text = ""
+        for chunk in resp.iter_text():
+            text += chunk
+            if first_event is not None and "data:" in text and "\n\n" in text.replace("\r\n", "\n"):
+                first_event.set()
     events = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
@@ -37,8 +47,12 @@ def read_stream(
     return events, text
 
 
-def later(delay_s: float, *steps: Callable[[], object]) -> threading.Thread:
+def later(
+    delay_s: float, *steps: Callable[[], object], after: threading.Event | None = None
+) -> threading.Thread:
     def run() -> None:
+        if after is not None:
+            assert after.wait(30), "the stream never sent its first event"
         time.sleep(delay_s)
         for step in steps:
             step()
@@ -56,14 +70,16 @@ def succeed(store: JobStore, job_id: str) -> None:
 def test_live_status_and_progress_until_terminal(make_client: ClientFactory, store: JobStore) -> None:
     client = make_client(event_stream_ping_s=0.2)
     job_id = submit(client).json()["id"]
+    opened = threading.Event()
     worker = later(
         0.7,
         lambda: store.mark_running(job_id),
         lambda: store.set_progress(job_id, "sampler", 1, 2),
         lambda: store.set_progress(job_id, "sampler", 2, 2),
         lambda: succeed(store, job_id),
+        after=opened,
     )
-    events, text = read_stream(client, job_id)
+    events, text = read_stream(client, job_id, first_event=opened)
     worker.join()
     docs = [json.loads(e["data"]) for e in events]
     assert [e["event"] for e in events] == ["status", "status", "progress", "progress", "status"]

@@ -94,12 +94,13 @@ def test_parked_jobs_of_a_dead_worker_go_back_to_the_queue(harness: Harness, pro
     first = harness.submit()
     mate = enqueue(harness, producer)
     dead = make_batcher(harness, worker_id="w-dead")
-    harness.ctx.workers.beat("w-dead", now=1000.0)
+    harness.ctx.workers.renew_lease("w-dead", ttl_s=60)
     assert [j.id for j in dead.claim_mates(first, harness.ctx.store.mark_running)] == [mate]
     assert queue_depth(harness.client, "gpu") == 0
     alive = make_batcher(harness, worker_id="w-alive")
-    assert alive.recover_dead_workers(max_age_s=60, now=1030.0) == 0  # not stale yet
-    assert alive.recover_dead_workers(max_age_s=60, now=1100.0) == 1
+    assert alive.recover_dead_workers() == 0  # its lease is alive
+    harness.ctx.workers.drop_lease("w-dead")  # it stopped renewing: the lease lapsed
+    assert alive.recover_dead_workers() == 1
     assert [job_id_of(m) for m in harness.client.lrange("gpu", 0, -1)] == [mate]
     assert not harness.client.exists(PARKED_PREFIX + "w-dead")
     # The redelivered message runs the job again (attempt 2), like any job of a lost worker.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -52,12 +54,28 @@ def test_transient_storage_errors_are_retried(harness: Harness) -> None:
     assert flaky.put_calls == 3
 
 
-def test_storage_down_after_retries_fails_internal(harness: Harness) -> None:
-    flaky = FlakyBlobs(harness.ctx.blobs, failures=100)
+def test_storage_down_past_the_finish_deadline_fails_internal(harness: Harness) -> None:
+    harness.ctx = harness.make_ctx(worker_finish_retry_s=1.0)
+    flaky = FlakyBlobs(harness.ctx.blobs, failures=10_000)
     job = harness.submit()
     harness.ctx.blobs = flaky  # type: ignore[assignment]
+    started = time.monotonic()
     assert run_job(harness.ctx, job.id) == "failed"
-    assert flaky.put_calls == harness.ctx.settings.worker_transient_retries + 1
+    assert time.monotonic() - started >= 0.5  # kept the result and retried up to the deadline
+    assert flaky.put_calls > harness.ctx.settings.worker_transient_retries + 1
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.error is not None and done.error.code is ErrorCode.internal
     assert "storage unavailable" in done.error.message
+
+
+def test_finished_job_rides_out_an_outage_longer_than_the_call_retries(harness: Harness) -> None:
+    """Storage away for more attempts than one call's retry budget, but back before the finish deadline."""
+    harness.ctx = harness.make_ctx(worker_finish_retry_s=30)
+    retries = harness.ctx.settings.worker_transient_retries
+    flaky = FlakyBlobs(harness.ctx.blobs, failures=retries * 2)
+    job = harness.submit()
+    harness.ctx.blobs = flaky  # type: ignore[assignment]
+    assert run_job(harness.ctx, job.id) == "succeeded"
+    assert flaky.put_calls == retries * 2 + 1
+    done = harness.ctx.store.get(job.id)
+    assert done is not None and done.result is not None and done.attempts == 1

@@ -159,12 +159,13 @@ def test_storage_outage_in_a_batch_hands_every_mate_back_to_the_queue(
 
 
 def test_held_set_of_a_worker_expires(harness: Harness) -> None:
-    ownership(harness, "w-ttl", []).claim("j_" + "t" * 22)
+    ownership(harness, "w-ttl", []).claim(harness.submit().id)
     assert 0 < harness.client.ttl(HELD_PREFIX + "w-ttl") <= 3600
 
 
 # Fleet-wide bookkeeping bounded by the number of workers (pruned by heartbeats and reaping), not by jobs.
-_FLEET_KEYS = {b"diffbir:workers", b"diffbir:holders", b"diffbir:batch:parked_workers"}
+# The outbox holds queued jobs only (bounded by max_queue_depth; claims and the sweep empty it).
+_FLEET_KEYS = {b"diffbir:workers", b"diffbir:holders", b"diffbir:batch:parked_workers", b"diffbir:outbox"}
 
 
 def test_every_per_job_key_the_service_writes_expires(harness: Harness) -> None:
@@ -177,7 +178,6 @@ def test_every_per_job_key_the_service_writes_expires(harness: Harness) -> None:
     )
     assert lifecycle.run_job(ctx, succeeded.id) == "succeeded"
     assert lifecycle.run_job(ctx, failed.id) == "failed"
-    ctx.store.mark_running(running.id)
     ctx.ownership.claim(running.id)
     ctx.store.request_cancel(running.id)  # sets the cancel flag of a running job
     asyncio.run(_claim_idempotency(harness, IdempotencyRecord(job_id=succeeded.id, fingerprint="f")))

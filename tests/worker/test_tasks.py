@@ -20,6 +20,7 @@ def test_unrecordable_outcome_requeues_instead_of_acking(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis gone for good mid-finish: the task rejects with requeue, so the job can never stay 'running'."""
+    harness.ctx = harness.make_ctx(worker_finish_retry_s=0)  # past the finish deadline at once
     job = harness.submit()
     harness.ctx.blobs = FlakyBlobs(harness.ctx.blobs, failures=100)  # type: ignore[assignment]
 
