@@ -26,11 +26,14 @@ from common.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
+from common.params import RestoreParams
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # room for the form fields and part headers on top of the image itself
 FEED_BYTES = 1024 * 1024  # network chunks are batched up to this before parsing (fewer parser calls)
 MAX_FILES = 1
-MAX_FIELDS = 32
+# Every request field once, plus a few spare for clients that send extra (ignored) ones; a bound so a body of
+# thousands of tiny parts cannot make the parser work unboundedly.
+MAX_FIELDS = len(RestoreParams.model_fields) + 8
 MAX_FIELD_BYTES = 4096
 IMAGE_FIELD = "image"
 KEEP_EMPTY = frozenset({"prompt", "negative_prompt"})

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from common.params import DEFAULT_NEGATIVE_PROMPT, RestoreParams
+from common.params import VERSION_DEFAULTED, RestoreParams
 from common.settings import Settings
 
 
@@ -30,16 +30,12 @@ def test_worker_only_settings_are_not_the_apis() -> None:
 
 def test_params_defaults_and_model_options() -> None:
     params = RestoreParams()
-    assert (params.task, params.upscale, params.fidelity, params.steps, params.sampler) == (
-        "sr",
-        4.0,
-        0.5,
-        50,
-        "spaced",
-    )
-    assert params.negative_prompt == DEFAULT_NEGATIVE_PROMPT and params.content_type == "image/png"
+    assert (params.task, params.upscale, params.fidelity) == ("sr", 4.0, 0.5)
+    # The weights version's defaults are the worker's to fill in (docs/api.md, "version" fields).
+    assert all(getattr(params, name) is None for name in VERSION_DEFAULTED)
+    assert params.content_type == "image/png"
     options = params.model_options()
-    assert "output_format" not in options and "callback_url" not in options and options["cfg_scale"] == 4.0
+    assert "output_format" not in options and "callback_url" not in options and options["cfg_scale"] is None
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,12 @@ def test_schemathesis_finds_no_failure(live_stack: Stack, tmp_path: Path) -> Non
         f"{live_stack.http.base_url}/openapi.json",
         "--checks",
         "all",
+        # DELETE /v1/jobs/{id} (the API's only DELETE) is a cancel (docs/api.md, "Cancel"): the document stays
+        # readable, now `canceled`, until it expires, so "use after free" does not hold by design. Excluded
+        # here, not in schemathesis.toml: `--checks all` on the command line outranks the file, and the
+        # stateful phase reports it against whichever operation read the job afterwards.
+        "--exclude-checks",
+        "use_after_free",
         "--header",
         f"Authorization: Bearer {API_KEYS[0]}",
         "--max-examples",

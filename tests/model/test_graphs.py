@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.acceleration import COMPILE_RECOMPILE_LIMIT, Acceleration
+from model.acceleration import COMPILE_RECOMPILE_LIMIT, Acceleration, DynamicBatch
 from model.errors import InvalidInputError
 from model.graphs import CudaGraphs, GraphCache, GraphStats
 from model.options import RestoreOptions
@@ -260,10 +260,18 @@ def test_compile_makes_twins_and_picks_them_by_size(monkeypatch: pytest.MonkeyPa
     assert getattr(config, name) == COMPILE_RECOMPILE_LIMIT
     model = pipe.models["sr"]
     compiled = torch._dynamo.eval_frame.OptimizedModule
-    assert not isinstance(model.unet, compiled)  # the eager nets stay as they were
+
+    def compiled_of(net: Any) -> Any:
+        """The compiled module (under the dynamic-batch wrapper, on by default), or None when eager."""
+        inner = net.compiled if isinstance(net, DynamicBatch) else net
+        return inner if isinstance(inner, compiled) else None
+
+    assert compiled_of(model.unet) is None  # the eager nets stay as they were
     twin = pipe.accel.net_for(model, torch.zeros(2, 4, 8, 8))  # 64 px diffusion = 8x8 latent: compiled
-    assert twin is not model and isinstance(twin.unet, compiled) and isinstance(twin.controlnet, compiled)
-    assert twin.unet._orig_mod is model.unet and twin.vae is model.vae
+    assert (
+        twin is not model and compiled_of(twin.unet) is not None and compiled_of(twin.controlnet) is not None
+    )
+    assert compiled_of(twin.unet)._orig_mod is model.unet and twin.vae is model.vae
     assert pipe.accel.net_for(model, torch.zeros(2, 4, 8, 16)) is model  # another size: eager, no compilation
     everything = DiffBIRPipeline.from_preset(
         "tiny", version="v2", device="cpu", precision="fp32", acceleration=Acceleration(compile=True)

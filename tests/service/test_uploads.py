@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from common.blobstore import input_key
+from service.uploads import MAX_FIELDS
 from tests.common import images
 
 PNG = images.png(32, 32)
@@ -25,7 +26,7 @@ def test_limits_on_parts_are_bad_requests(client: TestClient) -> None:
     cases = {
         "second file": [image, part("image2", PNG, "b.png")],
         "long field": [image, part("prompt", b"x" * 5000)],
-        "too many fields": [image, *(part(f"f{i}", b"1") for i in range(33))],
+        "too many fields": [image, *(part(f"f{i}", b"1") for i in range(MAX_FIELDS + 1))],
         "no name": [image, b"--B\r\nContent-Disposition: form-data\r\n\r\nx\r\n"],
     }
     for label, parts in cases.items():
