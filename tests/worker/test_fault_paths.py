@@ -42,6 +42,8 @@ class UnreachableS3:
 def test_storage_failure_does_not_put_internal_endpoints_in_the_job(harness: Harness) -> None:
     job = harness.submit()
     harness.ctx.blobs = UnreachableS3(harness.ctx.blobs)  # type: ignore[assignment]
+    # The result store is retried until this deadline (120 s by default), then the job fails.
+    harness.ctx.settings = harness.ctx.settings.model_copy(update={"worker_finish_retry_s": 1.0})
     assert lifecycle.run_job(harness.ctx, job.id) == "failed"
     done = harness.ctx.store.get(job.id)
     assert done is not None and done.error is not None and done.error.code is ErrorCode.internal
