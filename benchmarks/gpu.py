@@ -422,6 +422,9 @@ def main() -> int:
     parser.add_argument(
         "--compile-cache", default=None, help="round 2: compile artifacts file (default: temp)"
     )
+    parser.add_argument(
+        "--legs", default=None, help="round 2: comma-separated leg-name prefixes to run (default: all)"
+    )
     args = parser.parse_args()
     if not args.small and not torch.cuda.is_available():
         parser.error("no CUDA device: use --small for the CPU variant")

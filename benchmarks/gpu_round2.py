@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -115,10 +115,22 @@ def _public(entry: dict) -> dict:
 class Legs:
     """Runs named legs in order: each one's figures or error into `out`, saved after each, within a budget."""
 
-    def __init__(self, out: dict[str, Any], save: Callable[[], None], budget_s: float) -> None:
-        self.out, self.save, self.budget_s = out, save, budget_s
+    def __init__(
+        self,
+        out: dict[str, Any],
+        save: Callable[[], None],
+        budget_s: float,
+        only: Collection[str] | None = None,
+    ) -> None:
+        """`only`: run just the legs whose names start with one of these (None: all of them)."""
+        self.out, self.save, self.budget_s, self.only = out, save, budget_s, only
+
+    def selected(self, name: str) -> bool:
+        return self.only is None or any(name.startswith(prefix) for prefix in self.only)
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]], needs_s: float = 0.0) -> dict[str, Any] | None:
+        if not self.selected(name):
+            return None
         elapsed = time.perf_counter() - STARTED
         if elapsed + needs_s > self.budget_s:
             self.out[name] = {"skipped": f"time budget: {elapsed:.0f}s used, leg needs ~{needs_s:.0f}s"}
@@ -152,7 +164,8 @@ def run_round2(args: Any, out: dict[str, Any], save: Callable[[], None], make_pi
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # TF32 stays off: the fp32 reference must be true fp32
     r2 = out.setdefault("round2", {})
-    legs = Legs(r2, save, args.budget_s)
+    only = [leg.strip() for leg in args.legs.split(",") if leg.strip()] if args.legs else None
+    legs = Legs(r2, save, args.budget_s, only)
     cache_file = Path(args.compile_cache or Path(tempfile.mkdtemp(prefix="diffbir-cc-")) / "artifacts.bin")
     r2["compile_cache_file"] = str(cache_file)
     r2["inductor_cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(default)")
@@ -194,6 +207,14 @@ def run_round2(args: Any, out: dict[str, Any], save: Callable[[], None], make_pi
 
     legs.run("optimised", optimised)
     pipe: DiffBIRPipeline | None = state.get("pipe")
+    size_legs = ("real_job_1080p", "tiled_4096", "tile_batching_2048")
+    if (pipe is None or "spaced_guided_cfg" not in state) and any(map(legs.selected, size_legs)):
+        # The optimised leg failed (or was not selected): the size legs still measure something, on the
+        # uncompiled fp16 pipeline with CUDA graphs, and the JSON says so.
+        pipe = make_pipeline(cfg_name, device, half, channels_last=not small, compile=False)
+        r2["size_legs_pipeline"] = "fallback: fp16, channels_last, CUDA graphs, NOT compiled"
+    else:
+        r2["size_legs_pipeline"] = "optimised (compiled, CUDA graphs, channels_last)"
     legs.run("cold_start_warm_cache", lambda: cold_start(args, cache_file), needs_s=60 if not small else 0)
 
     def real_job() -> dict[str, Any]:
@@ -255,6 +276,45 @@ def run_round2(args: Any, out: dict[str, Any], save: Callable[[], None], make_pi
 
     legs.run("tile_batching_2048", tile_batching, needs_s=40 if not small else 0)
     levers(args, legs, state, make_pipeline, device, cfg_name, lq, guided)
+    out["table"] = issue_table(r2, targets_apply=not small)
+    save()
+
+
+# The issue's targets: (figure, leg, path to the value, target, "max" = value must be at most the target).
+TARGETS: list[tuple[str, str, tuple[str, ...], float, str]] = [
+    ("50 steps, guidance + CFG, 512x512 (s)", "optimised", ("spaced_guided_cfg", "s"), 0.25, "max"),
+    ("50 steps, no CFG (s)", "optimised", ("spaced_no_cfg", "s"), 0.15, "max"),
+    ("10-step fast mode, CFG (s)", "optimised", ("dpmpp_fast_cfg", "s"), 0.08, "max"),
+    ("batch-8 throughput, no CFG (img/s)", "optimised", ("batch_no_cfg", "images_per_s"), 10, "min"),
+    ("batch-8 throughput, CFG (img/s)", "optimised", ("batch_cfg", "images_per_s"), 5, "min"),
+    ("real job 480x270 -> 1920x1080, 50 steps, guidance + CFG (s)", "real_job_1080p", ("s",), 10, "max"),
+    ("4096x4096 output, 50 steps (s)", "tiled_4096", ("s",), 60, "max"),
+    ("4096x4096 output, peak memory (GB)", "tiled_4096", ("peak_memory_gb",), 12, "max"),
+    (
+        "cold start to first 512 job, compile cache warm (s)",
+        "cold_start_warm_cache",
+        ("process_start_to_first_job_s",),
+        30,
+        "max",
+    ),
+    ("cold start to first 512 job, no cache (s)", "optimised", ("process_start_to_first_job_s",), 0, "info"),
+]
+
+
+def issue_table(r2: dict[str, Any], targets_apply: bool = True) -> list[dict[str, Any]]:
+    """The issue's table as rows: the figure, its target, what this run measured (None: leg failed or did
+    not run). `targets_apply=False` (the CPU smoke run, other sizes): no target, `met` stays None."""
+    rows = []
+    for figure, leg, path, target, kind in TARGETS:
+        value: Any = r2.get(leg)
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        met = None
+        if isinstance(value, (int, float)) and kind != "info" and targets_apply:
+            met = value <= target if kind == "max" else value >= target
+        shown = target if kind != "info" and targets_apply else None
+        rows.append({"figure": figure, "measured": value, "target": shown, "met": met})
+    return rows
 
 
 def _small_tiling_budget(pipe: DiffBIRPipeline, side: int) -> int:

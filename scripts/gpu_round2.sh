@@ -2,10 +2,14 @@
 # Round-2 GPU benchmark (issue 16) in one command for the device machine (H200), under 10 minutes:
 #   bash scripts/gpu_wheels.sh            # here, once: the wheels the device image lacks, into .whl/
 #   device run, carry [".whl"], timeout_s 600:  bash scripts/gpu_round2.sh
-# Results: $OUT/gpu-h200-round2.json (copy to benchmarks/results/) and $OUT/log.
+# Extra arguments go to benchmarks/gpu.py, e.g. a follow-up on a still-warm machine for legs the first run
+# had no time for:  R2_NAME=levers BUDGET_S=200 bash scripts/gpu_round2.sh --legs lever_
+# Results: $OUT/gpu-h200-round2${R2_NAME:+-$R2_NAME}.json (copy to benchmarks/results/) and its log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
+BUDGET_S=${BUDGET_S:-530}  # legs that would end later are recorded as skipped
+NAME=gpu-h200-round2${R2_NAME:+-$R2_NAME}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -18,5 +22,5 @@ export PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/inductor-XXXX)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-timeout 570 python3 benchmarks/gpu.py --round2 --budget-s 520 --compile-cache /tmp/diffbir-compile-cache.bin \
-    --out "$OUT/gpu-h200-round2.json" 2>&1 | tee "$OUT/log"
+timeout $((BUDGET_S + 50)) python3 benchmarks/gpu.py --round2 --budget-s "$BUDGET_S" \
+    --compile-cache /tmp/diffbir-compile-cache.bin --out "$OUT/$NAME.json" "$@" 2>&1 | tee "$OUT/$NAME.log"
