@@ -1,6 +1,7 @@
 """Tile batching on the CPU: one forward per window (sequential) against several windows per forward, in the
 same run, for the `mid` config (benchmarks/sampler_bench.py) -- latent tiles in the sampler, VAE encode and
-decode tiles, and stage-1 (BSRNet) tiles.
+decode tiles (blended windows, and the pipeline's seam-free shared-GroupNorm tiles), and stage-1 (BSRNet)
+tiles.
 
     python benchmarks/tile_batching.py --out benchmarks/results/tile-batching-cpu.json
 
@@ -30,6 +31,7 @@ from model.loading import build_cldm
 from model.sampling import SpacedSampler, Tiling, sample
 from model.schedule import make_diffusion
 from model.stage1 import build_stage1
+from model.tiled_vae import decode_tiled_gn, encoder_tiled_gn, split_tiles
 from model.tiling import num_tiles
 
 
@@ -126,6 +128,28 @@ def main() -> int:
         args.repeats,
     )
     parts["vae_decode"].update(latent=lat, tile=dec_tile, windows=num_tiles(lat, lat, dec_tile, dec_stride))
+
+    # The pipeline's tiled VAE: seam-free tiles with shared GroupNorm statistics (model/tiled_vae.py).
+    gn_enc_tile = 64
+    parts["vae_encode_gn"] = compare(
+        f"vae encode gn {px}x{px}",
+        lambda: encoder_tiled_gn(vae, image, gn_enc_tile),
+        lambda: encoder_tiled_gn(vae, image, gn_enc_tile, batch=args.batch),
+        args.repeats,
+    )
+    parts["vae_encode_gn"].update(
+        size=px, tile=gn_enc_tile, tiles=len(split_tiles(px, px, gn_enc_tile, 32, int))
+    )
+    gn_dec_tile = 8
+    parts["vae_decode_gn"] = compare(
+        f"vae decode gn {lat}x{lat}",
+        lambda: decode_tiled_gn(vae, c_img, gn_dec_tile),
+        lambda: decode_tiled_gn(vae, c_img, gn_dec_tile, batch=args.batch),
+        args.repeats,
+    )
+    parts["vae_decode_gn"].update(
+        latent=lat, tile=gn_dec_tile, tiles=len(split_tiles(lat, lat, gn_dec_tile, 11, int))
+    )
 
     bsrnet = build_stage1("bsrnet", preset="tiny").eval()
     lq = torch.rand(1, 3, 96, 96, generator=g)

@@ -519,12 +519,12 @@ class DiffBIRPipeline:
             fid = fidelity_mod.check_fidelity(options.fidelity)
             posterior = None
             if fid > 0 or not plan.vae_encode:
-                posterior = self._posterior(vae, target, plan.vae_encode)
+                posterior = self._posterior(vae, target, plan)
                 c_img = posterior.mode() * vae.scale_factor
                 if fid == 0:
                     posterior = None
             else:
-                c_img = encode_tiled_gn(vae, target, plan.vae_encode)
+                c_img = encode_tiled_gn(vae, target, plan.vae_encode, keep_bytes=plan.vae_keep_bytes)
             c_img, _ = imageops.pad_to_multiple(c_img.float(), LATENT_PAD_MULTIPLE)
             c_txt = model.text.encode([options.prompt or ""]).expand(b, -1, -1)
             use_cfg = options.cfg_scale != 1.0
@@ -566,18 +566,18 @@ class DiffBIRPipeline:
             hooks.progress("vae_decode", 0, 1)
             z = z[..., : h1 // LATENT_DOWNSCALE, : w1 // LATENT_DOWNSCALE]
             if plan.vae_decode:
-                decoded = decode_tiled_gn(vae, z, plan.vae_decode)
+                decoded = decode_tiled_gn(vae, z, plan.vae_decode, keep_bytes=plan.vae_keep_bytes)
             else:
                 decoded = self.accel.vae_decode(vae)(z)
             decoded = decoded.float()[:, :, :h0, :w0]
             hooks.progress("vae_decode", 1, 1)
         return decoded
 
-    def _posterior(self, vae: VAE, img: torch.Tensor, tile: int | None) -> DiagonalGaussianDistribution:
+    def _posterior(self, vae: VAE, img: torch.Tensor, plan: TilePlan) -> DiagonalGaussianDistribution:
         """The VAE posterior of `img`: tiled with shared GroupNorm statistics (seam-free), or untiled
         through a CUDA graph once warm."""
-        if tile:
-            return posterior_tiled_gn(vae, img, tile)
+        if plan.vae_encode:
+            return posterior_tiled_gn(vae, img, plan.vae_encode, keep_bytes=plan.vae_keep_bytes)
         return DiagonalGaussianDistribution(self.accel.vae_moments(vae)(img))
 
     def _guidance(
@@ -628,7 +628,8 @@ class DiffBIRPipeline:
 
 def requested_tiles(plan: TilePlan, options: RestoreOptions) -> TilePlan:
     """`plan` with the tile windows `options` asks for (px; latent and decoder windows in whole cells). A
-    window the caller sized runs one per forward: the planner's batch was sized for its own window."""
+    window the caller sized runs one per forward, and VAE tiles wait in host memory: the planner's batch and
+    device allowance were sized for its own windows."""
     d = LATENT_DOWNSCALE
     latent = plan.latent
     if options.latent_tile is not None:
@@ -643,4 +644,5 @@ def requested_tiles(plan: TilePlan, options: RestoreOptions) -> TilePlan:
         latent=latent,
         vae_encode=options.vae_encode_tile or plan.vae_encode,
         vae_decode=options.vae_decode_tile // d if options.vae_decode_tile else plan.vae_decode,
+        vae_keep_bytes=0 if options.vae_encode_tile or options.vae_decode_tile else plan.vae_keep_bytes,
     )

@@ -16,6 +16,7 @@ import torch
 from model import imageops
 from model.errors import InvalidInputError
 from model.sampling import Tiling
+from model.tiled_vae import DECODER_PAD, ENCODER_PAD
 from model.tiling import num_tiles
 
 # Activation estimates in bytes per element size (x2 for fp16, x4 for fp32), scaled by model width for other
@@ -70,10 +71,13 @@ class TilePlan:
     latent: Tiling | None = None  # its `batch`: windows per UNet+ControlNet forward
     vae_encode: int | None = None  # window in pixels
     vae_decode: int | None = None  # window in latent cells
-    # Windows per forward of the tiled stage-1 net / VAE encoder / VAE decoder (see `tiles_per_forward`).
+    # Windows per forward of the tiled stage-1 net (see `tiles_per_forward`). The shared-GroupNorm VAE tiles
+    # run one per forward: stacking them measured slower on the CPU (benchmarks/tile_batching.py) and would
+    # spend the memory that lets waiting tiles stay on the GPU.
     stage1_batch: int = 1
-    vae_encode_batch: int = 1
-    vae_decode_batch: int = 1
+    # Bytes of tiled-VAE tiles that may wait on the compute device between GroupNorms (the budget less one
+    # tile's forward); the rest wait in host memory (`model.tiled_vae.run_tiled`).
+    vae_keep_bytes: int = 0
 
     @property
     def any(self) -> bool:
@@ -168,15 +172,15 @@ class Planner:
         too_big = vae * ph * pw * batch > budget
         vae_encode = sizes.vae_encode if too_big and max(ph, pw) > sizes.vae_encode else None
         vae_decode = sizes.vae_decode if too_big and max(lh, lw) > sizes.vae_decode else None
-        enc_batch = dec_batch = 1
+        # The VAE's largest single-tile forward (a tile's input is its core plus the pad on every side).
+        working = 0.0
         if vae_encode:
-            t = vae_encode
-            n = num_tiles(ph, pw, t, sizes.stride(t))
-            enc_batch = tiles_per_forward(vae * min(ph, t) * min(pw, t) * batch, budget, n)
+            side = vae_encode + 2 * ENCODER_PAD
+            working = vae * min(ph, side) * min(pw, side) * batch
         if vae_decode:
-            t, d = vae_decode, LATENT_DOWNSCALE
-            n = num_tiles(lh, lw, t, sizes.stride(t))
-            dec_batch = tiles_per_forward(vae * min(lh, t) * d * min(lw, t) * d * batch, budget, n)
+            side, d = vae_decode + 2 * DECODER_PAD, LATENT_DOWNSCALE
+            working = max(working, vae * min(lh, side) * d * min(lw, side) * d * batch)
+        vae_keep = int(max(0.0, budget - working)) if (vae_encode or vae_decode) else 0
         # SwinIR runs at the diffusion size when untiled (see `DiffBIRPipeline.run_stage1`), the others at
         # the output size.
         s1_hw = (h, w) if nets.stage1_kind == "swinir" else out_hw
@@ -200,8 +204,7 @@ class Planner:
             vae_encode=vae_encode,
             vae_decode=vae_decode,
             stage1_batch=stage1_batch,
-            vae_encode_batch=enc_batch,
-            vae_decode_batch=dec_batch,
+            vae_keep_bytes=vae_keep,
         )
 
     def item_bytes(

@@ -239,6 +239,8 @@ def test_requested_tiles_override_the_plan(pipe: DiffBIRPipeline) -> None:
     plan = pipe.plan((16, 16), (64, 64), "sr", 1, True, options)
     assert (plan.stage1_tile, plan.stage1_stride, plan.vae_encode, plan.vae_decode) == (64, 48, 32, 4)
     assert plan.latent is not None and (plan.latent.tile, plan.latent.stride) == (8, 4)
+    # Caller-sized windows: one per forward, and VAE tiles wait off the device (the plan sized neither).
+    assert plan.stage1_batch == 1 and plan.vae_keep_bytes == 0
     assert pipe.plan((16, 16), (64, 64), "sr", 1, True, RestoreOptions()) == TilePlan()
 
 

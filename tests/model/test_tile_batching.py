@@ -17,6 +17,7 @@ from model.sampling import SpacedSampler, Tiling, sample
 from model.sampling.tiled import tiled_denoiser
 from model.schedule import make_diffusion
 from model.stage1 import build_stage1
+from model.tiled_vae import DECODER_PAD, ENCODER_PAD
 from model.tiling import tile_coords, tiled_apply, window_batches
 
 ATOL = 1e-5  # fp32: batched convs/matmuls may pick other kernels than batch 1, nothing more
@@ -133,9 +134,24 @@ def test_planner_sizes_tile_batches_from_the_budget() -> None:
     plan = planner.plan((1024, 1024), (4096, 4096), nets, 1, True, 5 * window + 1)
     assert plan.latent is not None and plan.latent.batch == 5
     assert planner.plan((1024, 1024), (4096, 4096), nets, 1, True, 4 * window + 1).latent.batch == 4
-    assert plan.stage1_tile and plan.stage1_batch >= 1 and plan.vae_decode_batch >= 1
+    assert plan.stage1_tile and plan.stage1_batch >= 1
     roomy = planner.plan((1024, 1024), (4096, 4096), nets, 1, True, 1000 * window)
     assert not roomy.latent  # fits untiled
+
+
+def test_planner_lets_vae_tiles_wait_on_the_device_within_the_budget() -> None:
+    """The tiled VAE's waiting tiles may hold what the budget leaves after its largest one-tile forward (the
+    tile's core plus its pad on every side, by the same per-pixel estimate); nothing when it runs untiled."""
+    nets = NetSizes(elem=2, unet_width=320, vae_width=128, stage1_kind="swinir", stage1_scale=1)
+    budget = 6 << 30
+    plan = Planner().plan((1024, 1024), (4096, 4096), nets, 1, True, budget)
+    assert plan.vae_encode == 512 and plan.vae_decode == 64
+    vae = planning.VAE_BYTES_PER_PIXEL * 2
+    encode_tile = (512 + 2 * ENCODER_PAD) ** 2
+    decode_tile = ((64 + 2 * DECODER_PAD) * 8) ** 2
+    assert plan.vae_keep_bytes == budget - vae * max(encode_tile, decode_tile) > 0
+    roomy = Planner().plan((256, 256), (1024, 1024), nets, 1, True, 1 << 40)
+    assert not roomy.vae_decode and roomy.vae_keep_bytes == 0
 
 
 def test_pipeline_batched_tiles_give_the_per_window_image(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model import tiled_vae
 from model.cldm import ControlLDM
 from model.errors import InvalidInputError
 from model.tiled_vae import (
@@ -102,3 +103,62 @@ def test_bad_tile_is_refused(tile: float, tiny_cldm: ControlLDM) -> None:
 def test_image_must_be_padded(tiny_cldm: ControlLDM) -> None:
     with pytest.raises(InvalidInputError, match="multiples"):
         encode_tiled_gn(tiny_cldm.vae, TENSORS["encoder.image"][..., :100], 16)
+
+
+@pytest.mark.parametrize("batch", [2, 3, 64])
+def test_tiles_batched_per_forward_match_one_at_a_time(batch: int, tiny_cldm: ControlLDM) -> None:
+    """Tiles of one shape stacked into one forward (edge tiles form their own groups) give the one-tile-a-time
+    result to float rounding, for both networks and a batch of two images."""
+    vae = tiny_cldm.vae
+    img = torch.cat([TENSORS["encoder.image"], TENSORS["encoder.image"].flip(-1)])
+    z = torch.cat([TENSORS["decoder.z"], TENSORS["decoder.z"].flip(-2)])
+    with torch.no_grad():
+        for one, many in (
+            (encoder_tiled_gn(vae, img, 16), encoder_tiled_gn(vae, img, 16, batch=batch)),
+            (decode_tiled_gn(vae, z, 2), decode_tiled_gn(vae, z, 2, batch=batch)),
+        ):
+            assert_forward_close(many, one, f"batch {batch}")
+
+
+def test_parked_tiles_stay_on_the_device_within_the_allowance(
+    tiny_cldm: ControlLDM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between GroupNorms, tiles wait on the compute device while their bytes fit `keep_bytes` and move to
+    `offload` past it; the result is the same wherever they waited. (The CPU stands in for both places:
+    the test watches the moves and the running byte count, not the copies.)"""
+    vae, z = tiny_cldm.vae, TENSORS["decoder.z"]
+    moved: list[int] = []
+    kept: list[int] = []
+    real_park = tiled_vae._Parking.park
+
+    def park(self: tiled_vae._Parking, chunk: tiled_vae._Chunk) -> None:
+        before = self.on_device
+        real_park(self, chunk)
+        (moved if self.on_device == before else kept).append(self.on_device)
+
+    monkeypatch.setattr(tiled_vae._Parking, "park", park)
+    monkeypatch.setattr(tiled_vae._Chunk, "move", lambda self, device: None)  # CPU only: nothing to copy
+
+    def run(keep_bytes: int | None) -> tuple[torch.Tensor, int, int, int]:
+        moved.clear()
+        kept.clear()
+        with torch.no_grad():
+            out = decode_tiled_gn(vae, z, 2, offload="meta", keep_bytes=keep_bytes)
+        return out, len(moved), len(kept), max(kept, default=0)
+
+    everything_parked, all_moved, none_kept, _ = run(0)
+    limit = 40_000
+    some_kept, some_moved, some_kept_count, most_on_device = run(limit)
+    no_limit, unlimited_moved, _, _ = run(None)
+    assert none_kept == 0 and all_moved > 0
+    assert 0 < some_moved < all_moved and some_kept_count > 0
+    assert most_on_device <= limit
+    assert unlimited_moved == 0
+    torch.testing.assert_close(some_kept, everything_parked, rtol=0, atol=0)
+    torch.testing.assert_close(no_limit, everything_parked, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch", [0, -1, 1.5, True])
+def test_bad_batch_is_refused(batch: object, tiny_cldm: ControlLDM) -> None:
+    with pytest.raises(InvalidInputError, match="tiles per forward"):
+        decode_tiled_gn(tiny_cldm.vae, TENSORS["decoder.z"], 2, batch=batch)  # type: ignore[arg-type]
