@@ -9,11 +9,13 @@ Legs (H200: full-size random weights, fp16; `--small`: the tiny config on the CP
   process saved: process start to the first finished 512 job;
 - `real_job_1080p`: 480x270 input, x4 to 1920x1080, 50 steps guidance + CFG;
 - `tiled_4096`: 4096x4096 output, 50 steps guidance + CFG under a 12 GB total budget, with peak memory; and
-  tile batching at 2048x2048 (10 steps): windows batched vs one per forward, same run;
+  tile batching at 2048x2048 (10 steps): windows batched vs one per forward, same run; the tiled VAE decode
+  at 2048x2048 with its tiles waiting on the GPU vs in pinned host memory, same run;
 - `levers`: fp32 eager reference, then each lever's time and drift (PSNR, max/mean uint8 level difference,
   `model/quality/metrics.py`): the optimised pipeline, SDPA backends (flash / mem-efficient / math), VAE
   decode fp16 channels_last, VAE decode compiled (fused GroupNorm+SiLU), torchao int8 / fp8 weight-only (when
-  torchao imports), torch-tensorrt (when it imports; else the leg records why it was skipped).
+  torchao imports), torch-tensorrt (when it imports; else the leg records why it was skipped), and one
+  compilation per batch size against the symbolic batch axis.
 Each leg records its error instead of ending the run, and legs that would start past `--budget-s` are
 recorded as skipped, so the run always fits its slot.
 """
@@ -43,6 +45,7 @@ from model.cldm import ControlLDM
 from model.options import RestoreOptions
 from model.pipeline import DiffBIRPipeline
 from model.quality import metrics
+from model.tiled_vae import decode_tiled_gn
 
 GB = 1 << 30
 STARTED = time.perf_counter()
@@ -187,6 +190,8 @@ def run_round2(args: Any, out: dict[str, Any], save: Callable[[], None], make_pi
         for key, opts in (("spaced_guided_cfg", guided), ("spaced_no_cfg", no_cfg), ("dpmpp_fast_cfg", fast)):
             entry = timed_restore(pipe, lq, opts, runs=1 + args.repeats)
             state[key] = entry["image"]
+            if key == "spaced_guided_cfg":
+                state["optimised_s"] = entry["s"]
             result[key] = _public(entry)
             result[key]["ms_per_step"] = 1000 * entry["timings"]["sampler"] / opts.steps
         for key, opts in (("batch_no_cfg", no_cfg), ("batch_cfg", replace(guided, fidelity=0.0))):
@@ -275,6 +280,34 @@ def run_round2(args: Any, out: dict[str, Any], save: Callable[[], None], make_pi
         }
 
     legs.run("tile_batching_2048", tile_batching, needs_s=40 if not small else 0)
+
+    def vae_waiting_room() -> dict[str, Any]:
+        """The tiled VAE decode of a `mid`-sized latent, tiles waiting on the GPU (no limit) against all of
+        them waiting in pinned host memory (keep_bytes=0), same run; the outputs must agree exactly."""
+        assert pipe is not None
+        vae = pipe.models["sr"].vae
+        lat = sz.mid // 8
+        z = torch.randn(1, 4, lat, lat, generator=torch.Generator().manual_seed(0)).to(device, half)
+        tile = pipe.tiles.vae_decode
+        times: dict[str, float] = {}
+        images: dict[str, torch.Tensor] = {}
+        for name, keep in (("on_device", None), ("host_pinned", 0)):
+            decode_tiled_gn(vae, z, tile, keep_bytes=keep)  # warm-up
+            _sync(device)
+            start = time.perf_counter()
+            images[name] = decode_tiled_gn(vae, z, tile, keep_bytes=keep)
+            _sync(device)
+            times[name] = time.perf_counter() - start
+        return {
+            "latent": lat,
+            "tile": tile,
+            "on_device_s": times["on_device"],
+            "host_pinned_s": times["host_pinned"],
+            "host_over_device": times["host_pinned"] / times["on_device"],
+            "max_abs_diff": (images["on_device"] - images["host_pinned"]).abs().max().item(),
+        }
+
+    legs.run("tiled_vae_waiting_room", vae_waiting_room, needs_s=20 if not small else 0)
     levers(args, legs, state, make_pipeline, device, cfg_name, lq, guided)
     out["table"] = issue_table(r2, targets_apply=not small)
     save()
@@ -438,6 +471,21 @@ def levers(
     for name in ("int8_weight_only", "float8_weight_only", "float8_dynamic"):
         legs.run(f"lever_torchao_{name}", lambda n=name: torchao_lever(n, fp16, lq, guided, ref), needs_s=30)
     legs.run("lever_torch_tensorrt", lambda: tensorrt_lever(fp16, lq, guided, ref), needs_s=60)
+
+    def static_batch() -> dict[str, Any]:
+        """One compilation per batch size instead of a symbolic batch axis: the steady-state time of the CFG
+        job (batch 2), against the optimised (dynamic-batch) pipeline's in this run."""
+        pipe = make_pipeline(
+            cfg_name, device, half if not small else torch.float32, channels_last=not small, compile=True,
+            compile_sizes=[(lq[0] * 4, lq[1] * 4)], compile_dynamic_batch=False,
+        )  # fmt: skip
+        entry = timed_restore(pipe, lq, guided, runs=3)
+        result = {**_public(entry), **drift(entry["image"], ref["image"])}
+        if "optimised_s" in state:
+            result["dynamic_over_static"] = state["optimised_s"] / entry["s"]
+        return result
+
+    legs.run("lever_compile_static_batch", static_batch, needs_s=110 if not small else 0)
 
 
 def vae_decode_levers(base: DiffBIRPipeline, device: torch.device, half: torch.dtype, small: bool) -> dict:
