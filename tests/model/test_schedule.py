@@ -25,10 +25,20 @@ def test_meta_matches_our_constants() -> None:
 
 @pytest.mark.parametrize("kind", ["sd", "zsnr"])
 def test_training_schedule_bit_exact(kind: str) -> None:
+    """Bit for bit, but for the zero-SNR rescale's float64 arrays: its sqrt runs in MKL's vector maths, whose
+    last bits follow the CPU's code path (AVX-512 and AVX2 paths each move a few of the 1000 entries by an
+    ulp, and `1 - alpha` near alpha = 0 magnifies that in the betas). The float32 buffers every sampler
+    reads from stay bit-exact."""
     diffusion = _diffusion(kind)
     prefix = f"diffusion_{kind}."
-    assert np.array_equal(diffusion.betas, TENSORS[prefix + "betas"].numpy())
-    assert np.array_equal(diffusion.alphas_cumprod, TENSORS[prefix + "alphas_cumprod"].numpy())
+    ref_betas = TENSORS[prefix + "betas"].numpy()
+    ref_cumprod = TENSORS[prefix + "alphas_cumprod"].numpy()
+    if KINDS[kind]:
+        np.testing.assert_allclose(diffusion.betas, ref_betas, rtol=1e-12, atol=0)
+        np.testing.assert_array_max_ulp(diffusion.alphas_cumprod, ref_cumprod, maxulp=16)
+    else:
+        assert np.array_equal(diffusion.betas, ref_betas)
+        assert np.array_equal(diffusion.alphas_cumprod, ref_cumprod)
     assert torch.equal(diffusion.sqrt_alphas_cumprod, TENSORS[prefix + "sqrt_alphas_cumprod"])
     ref_sqrt_1m = TENSORS[prefix + "sqrt_one_minus_alphas_cumprod"]
     assert torch.equal(diffusion.sqrt_one_minus_alphas_cumprod, ref_sqrt_1m)
