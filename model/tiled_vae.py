@@ -219,7 +219,7 @@ def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if t.device == device:
         return t
     if t.is_cuda and device.type == "cpu":
-        parked = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        parked = torch.empty_like(t, device="cpu", pin_memory=True)  # keeps channels_last strides
         return parked.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=t.is_pinned())
 
@@ -248,6 +248,7 @@ class _Parking:
     offload: torch.device
     keep_bytes: int | None  # None: no limit
     on_device: int = 0
+    offloaded: bool = False  # some chunk went to `offload`
 
     def take(self, chunk: _Chunk) -> None:
         """Bring `chunk` to the compute device to run."""
@@ -265,6 +266,18 @@ class _Parking:
             chunk.kept = size
         else:
             chunk.move(self.offload)
+            self.offloaded = True
+
+    def release(self) -> None:
+        """After the run: hand the pinned host blocks back, so a worker does not keep gigabytes of
+        unswappable memory after one large image (the next large image pins its blocks again).
+        torch has no public call for this; without the private one the blocks stay cached."""
+        if not (self.offloaded and self.device.type == "cuda"):
+            return
+        torch.cuda.current_stream(self.device).synchronize()  # the copies back are done with the blocks
+        empty_host_cache = getattr(torch._C, "_host_emptyCache", None)
+        if empty_host_cache is not None:
+            empty_host_cache()
 
 
 def _group_stats(h: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,6 +371,7 @@ def run_tiled(
             core = h[i * rows : (i + 1) * rows, :, y0 - iy : y1 - iy, x0 - ix : x1 - ix]
             out[..., y0:y1, x0:x1] = core.float()
         chunk.h = h[:0]  # pasted: free it
+    parking.release()
     assert out is not None
     return out
 
