@@ -67,14 +67,17 @@ class SentinelCluster:
         return int(host_port[1]) if host_port else None
 
     def wait_replicated(self, timeout_s: float = 10.0) -> None:
-        """Until the replica has every write the master has (replication is asynchronous)."""
+        """Until the replica has every write the master had when this was called (replication is
+        asynchronous). The target is fixed first: the replica acknowledges its offset about once a second,
+        so while a worker keeps writing, "caught up with the master's offset now" may never be true."""
         port = self.master_port()
         assert port is not None
+        master = redis.Redis(port=port, socket_timeout=1)
+        target = int(master.info("replication")["master_repl_offset"])
 
         def caught_up() -> bool:
-            info = redis.Redis(port=port, socket_timeout=1).info("replication")
-            replica = info.get("slave0") or {}
-            return bool(replica) and int(replica.get("offset", -1)) >= int(info["master_repl_offset"])
+            replica = master.info("replication").get("slave0") or {}
+            return bool(replica) and int(replica.get("offset", -1)) >= target
 
         _wait(caught_up, timeout_s, "replica caught up")
 
