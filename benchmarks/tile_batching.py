@@ -31,15 +31,21 @@ from model.loading import build_cldm
 from model.sampling import SpacedSampler, Tiling, sample
 from model.schedule import make_diffusion
 from model.stage1 import build_stage1
-from model.tiled_vae import decode_tiled_gn, encoder_tiled_gn, split_tiles
+from model.tiled_vae import DECODER_PAD, ENCODER_PAD, decode_tiled_gn, encoder_tiled_gn, split_tiles
 from model.tiling import num_tiles
 
 
-def compare(
-    name: str, seq: Callable[[], torch.Tensor], bat: Callable[[], torch.Tensor], repeats: int
-) -> dict[str, Any]:
-    """Sequential and batched alternated in one run (same load, same warm caches): one warm-up each, then
-    the best of `repeats` timed calls each, in turns, so a load change hits both alike."""
+def compare(name: str, run: Callable[[int], torch.Tensor], batch: int, repeats: int) -> dict[str, Any]:
+    """`run(1)` (sequential: one window per forward) and `run(batch)` alternated in one run (same load, same
+    warm caches): one warm-up each, then the best of `repeats` timed calls each, in turns, so a load change
+    hits both alike."""
+
+    def seq() -> torch.Tensor:
+        return run(1)
+
+    def bat() -> torch.Tensor:
+        return run(batch)
+
     y_seq, y_bat = seq(), bat()
     t_seq = t_bat = float("inf")
     for _ in range(repeats):
@@ -103,8 +109,8 @@ def main() -> int:
     windows = num_tiles(lat, lat, tile, stride)
     parts["sampler_cfg"] = compare(
         f"sampler {lat}x{lat} ({windows} win)",
-        lambda: run_sampler(1),
-        lambda: run_sampler(args.batch),
+        run_sampler,
+        args.batch,
         args.repeats,
     )
     parts["sampler_cfg"].update(latent=lat, tile=tile, stride=stride, windows=windows)
@@ -115,16 +121,16 @@ def main() -> int:
     enc_tile, enc_stride = tile * 8, stride * 8
     parts["vae_encode"] = compare(
         f"vae encode {px}x{px}",
-        lambda: vae.posterior_tiled(image, enc_tile, enc_stride).parameters,
-        lambda: vae.posterior_tiled(image, enc_tile, enc_stride, batch=args.batch).parameters,
+        lambda b: vae.posterior_tiled(image, enc_tile, enc_stride, batch=b).parameters,
+        args.batch,
         args.repeats,
     )
     parts["vae_encode"].update(size=px, tile=enc_tile, windows=num_tiles(px, px, enc_tile, enc_stride))
     dec_tile, dec_stride = 8, 6
     parts["vae_decode"] = compare(
         f"vae decode {lat}x{lat}",
-        lambda: vae.decode_tiled(c_img, dec_tile, dec_stride),
-        lambda: vae.decode_tiled(c_img, dec_tile, dec_stride, batch=args.batch),
+        lambda b: vae.decode_tiled(c_img, dec_tile, dec_stride, batch=b),
+        args.batch,
         args.repeats,
     )
     parts["vae_decode"].update(latent=lat, tile=dec_tile, windows=num_tiles(lat, lat, dec_tile, dec_stride))
@@ -133,22 +139,22 @@ def main() -> int:
     gn_enc_tile = 64
     parts["vae_encode_gn"] = compare(
         f"vae encode gn {px}x{px}",
-        lambda: encoder_tiled_gn(vae, image, gn_enc_tile),
-        lambda: encoder_tiled_gn(vae, image, gn_enc_tile, batch=args.batch),
+        lambda b: encoder_tiled_gn(vae, image, gn_enc_tile, batch=b),
+        args.batch,
         args.repeats,
     )
     parts["vae_encode_gn"].update(
-        size=px, tile=gn_enc_tile, tiles=len(split_tiles(px, px, gn_enc_tile, 32, int))
+        size=px, tile=gn_enc_tile, tiles=len(split_tiles(px, px, gn_enc_tile, ENCODER_PAD, int))
     )
     gn_dec_tile = 8
     parts["vae_decode_gn"] = compare(
         f"vae decode gn {lat}x{lat}",
-        lambda: decode_tiled_gn(vae, c_img, gn_dec_tile),
-        lambda: decode_tiled_gn(vae, c_img, gn_dec_tile, batch=args.batch),
+        lambda b: decode_tiled_gn(vae, c_img, gn_dec_tile, batch=b),
+        args.batch,
         args.repeats,
     )
     parts["vae_decode_gn"].update(
-        latent=lat, tile=gn_dec_tile, tiles=len(split_tiles(lat, lat, gn_dec_tile, 11, int))
+        latent=lat, tile=gn_dec_tile, tiles=len(split_tiles(lat, lat, gn_dec_tile, DECODER_PAD, int))
     )
 
     bsrnet = build_stage1("bsrnet", preset="tiny").eval()
@@ -156,8 +162,8 @@ def main() -> int:
     s1_tile, s1_stride = 32, 24
     parts["stage1_bsrnet"] = compare(
         "stage1 bsrnet 96->384",
-        lambda: bsrnet.forward_tiled(lq, s1_tile, s1_stride),
-        lambda: bsrnet.forward_tiled(lq, s1_tile, s1_stride, batch=args.batch),
+        lambda b: bsrnet.forward_tiled(lq, s1_tile, s1_stride, batch=b),
+        args.batch,
         args.repeats,
     )
     parts["stage1_bsrnet"].update(input=96, tile=s1_tile, windows=num_tiles(96, 96, s1_tile, s1_stride))
