@@ -20,9 +20,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
+
+if TYPE_CHECKING:
+    from tests.sentinel import SentinelCluster
 
 
 def free_port() -> int:
@@ -115,6 +119,19 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def sentinel_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """A master, a replica and a sentinel of this test's own (tests/sentinel.py)."""
+    from tests.sentinel import SentinelCluster  # it imports free_port from here
+
+    c = SentinelCluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture(scope="session")

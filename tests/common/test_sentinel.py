@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,21 +19,11 @@ from common.settings import Settings
 from tests.sentinel import MASTER_NAME, SentinelCluster
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    c = SentinelCluster(tmp_path)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
-def _settings(cluster: SentinelCluster) -> Settings:
+def _settings(sentinel_cluster: SentinelCluster) -> Settings:
     # The host and port of redis_url are ignored with sentinels; its database still counts.
     return Settings(
         redis_url="redis://ignored:1/0",
-        redis_sentinels=cluster.sentinels,
+        redis_sentinels=sentinel_cluster.sentinels,
         redis_sentinel_master=MASTER_NAME,
         redis_socket_timeout_s=1.0,
     )
@@ -72,8 +60,8 @@ def test_settings_build_a_sentinel_broker_url() -> None:
         Settings(redis_sentinels=["no-port"]).sentinel_addresses()
 
 
-def test_job_store_blob_store_and_broker_follow_a_failover(cluster: SentinelCluster) -> None:
-    settings = _settings(cluster)
+def test_job_store_blob_store_and_broker_follow_a_failover(sentinel_cluster: SentinelCluster) -> None:
+    settings = _settings(sentinel_cluster)
     client = connect(settings)
     store = JobStore(client, settings)
     blobs = make_blobstore(settings, client)
@@ -84,10 +72,10 @@ def test_job_store_blob_store_and_broker_follow_a_failover(cluster: SentinelClus
         blobs.put(f"inputs/{before.id}", b"input-bytes", "image/png")
         enqueue_restore(app, settings, before.id)
         # Replication is asynchronous: let the replica catch up, as a failover takes seconds anyway.
-        cluster.wait_replicated()
+        sentinel_cluster.wait_replicated()
 
-        new_master = cluster.kill_master()
-        assert new_master != cluster.ports[0]
+        new_master = sentinel_cluster.kill_master()
+        assert new_master != sentinel_cluster.ports[0]
 
         # Everything written before the failover is on the new master, through the same clients.
         got = _retry(lambda: store.get(before.id))
@@ -106,8 +94,10 @@ def test_job_store_blob_store_and_broker_follow_a_failover(cluster: SentinelClus
         client.close()
 
 
-def test_async_client_follows_a_failover_and_shares_the_sync_database(cluster: SentinelCluster) -> None:
-    settings = _settings(cluster)
+def test_async_client_follows_a_failover_and_shares_the_sync_database(
+    sentinel_cluster: SentinelCluster,
+) -> None:
+    settings = _settings(sentinel_cluster)
     sync_client = connect(settings)
     assert same_database(sync_client, sync_client.pipeline())
 
@@ -118,8 +108,8 @@ def test_async_client_follows_a_failover_and_shares_the_sync_database(cluster: S
             store = AsyncJobStore(aclient, settings)
             job = _job()
             await store.create(job)
-            await asyncio.to_thread(cluster.wait_replicated)
-            await asyncio.to_thread(cluster.kill_master)
+            await asyncio.to_thread(sentinel_cluster.wait_replicated)
+            await asyncio.to_thread(sentinel_cluster.kill_master)
             deadline = time.monotonic() + 20
             while True:
                 try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,16 +24,6 @@ IMAGE = png_bytes(32, 32, (10, 120, 240))
 AUTH = {"Authorization": f"Bearer {API_KEYS[0]}"}
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    c = SentinelCluster(tmp_path)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
 def _call(fn):  # type: ignore[no-untyped-def]
     """A client call through the failover: 503 (Redis away) and dropped connections are retried."""
 
@@ -48,17 +37,21 @@ def _call(fn):  # type: ignore[no-untyped-def]
     return wait_until(attempt, 60, 0.3, what="the API through the failover")
 
 
-def test_jobs_keep_flowing_through_a_master_failover(cluster: SentinelCluster, tmp_path: Path) -> None:
+def test_jobs_keep_flowing_through_a_master_failover(
+    sentinel_cluster: SentinelCluster, tmp_path: Path
+) -> None:
     env = _base_env("redis://ignored:1/0")
     env.update(
-        DIFFBIR_REDIS_SENTINELS=json.dumps(cluster.sentinels),
+        DIFFBIR_REDIS_SENTINELS=json.dumps(sentinel_cluster.sentinels),
         DIFFBIR_REDIS_SENTINEL_MASTER=MASTER_NAME,
         DIFFBIR_MAX_QUEUE_DEPTH="100",
         DIFFBIR_WORKER_METRICS_PORT="0",
         DIFFBIR_WORKER_ID="w-sentinel",
     )
     settings = Settings(
-        redis_url="redis://ignored:1/0", redis_sentinels=cluster.sentinels, redis_sentinel_master=MASTER_NAME
+        redis_url="redis://ignored:1/0",
+        redis_sentinels=sentinel_cluster.sentinels,
+        redis_sentinel_master=MASTER_NAME,
     )
     probe = connect(settings)
     api_port = free_port()
@@ -94,8 +87,8 @@ def test_jobs_keep_flowing_through_a_master_failover(cluster: SentinelCluster, t
 
         before = [submit(i) for i in range(4)]
         wait_until(lambda: _status(http, before[0]) == "running", 60, 0.1, what="first job running")
-        cluster.wait_replicated()
-        cluster.kill_master()
+        sentinel_cluster.wait_replicated()
+        sentinel_cluster.kill_master()
         after = [submit(i) for i in range(4, 8)]
 
         def all_done() -> bool:
