@@ -529,6 +529,39 @@ def test_form_follows_a_discovery_document_when_the_server_has_one(clean: Browse
 
 
 @REDIS
+def test_options_reloaded_by_a_new_key_leave_the_field_being_edited_alone(clean: Browser) -> None:
+    """Entering a key reloads the options (GET /v1/models needs one); a field with focus keeps its text.
+
+    The race it pins: CI saw ``fill("#steps", "2")`` give "502" when the reload's default landed between the
+    fill's select-all and its typing. Here the same order is forced: select, reload, then type.
+    """
+    page = clean.page()
+    discovery = {"models": [{"version": "v2.1", "tasks": ["sr"], "defaults": {"steps": 10, "cfg_scale": 6}}]}
+    unauthorized = {"title": "Unauthorized", "status": 401, "detail": "no key", "code": "unauthorized"}
+
+    def models(route: Any) -> None:
+        if route.request.headers.get("authorization") == f"Bearer {KEY}":
+            route.fulfill(json=discovery)
+        else:
+            route.fulfill(status=401, json=unauthorized, headers={"content-type": "application/problem+json"})
+
+    page.route("**/v1/models", models)
+    page.goto("/")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.get_attribute("#restore-form", "data-options-source") == "openapi"  # 401: from the schema
+    page.click("summary")
+    page.focus("#steps")
+    page.eval_on_selector("#steps", "el => el.select()")
+    page.eval_on_selector(  # the key arrives without moving focus (as from a password manager)
+        "#api_key", "(el, key) => { el.value = key; el.dispatchEvent(new Event('change')); }", KEY
+    )
+    page.wait_for_selector("#restore-form[data-options-source='models']")
+    assert page.input_value("#cfg_scale") == "6"  # the reload did apply its defaults elsewhere
+    page.keyboard.type("2")
+    assert page.input_value("#steps") == "2"
+
+
+@REDIS
 @pytest.mark.parametrize("stream", ["complete", "broken"])
 def test_progress_comes_from_the_event_stream_and_polling_takes_over_when_it_breaks(
     stack: Stack, clean: Browser, stream: str

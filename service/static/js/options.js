@@ -112,21 +112,26 @@ export async function loadOptions() {
   return { options: merge(fromModels(models), schema), source: "models", model: { version, preset } };
 }
 
-/** Fill selects and bounds; set each field the person has not touched to its default. */
+/**
+ * Fill selects and bounds; set each field the person has not touched to its default. A field that has focus
+ * counts as touched: options reload when a key is entered, and a default written into a field mid-edit would
+ * merge with what is being typed ("50" + "2" -> "502").
+ */
 export function applyOptions(form, options) {
   for (const name of FIELDS) {
     const el = form.elements.namedItem(name);
     const o = options[name];
     if (!el || !o) continue;
+    const kept = el.dataset.dirty || el === document.activeElement;
     if (el.tagName === "SELECT") {
       const chosen = el.value;
       el.replaceChildren(...(o.choices || []).map((c) => new Option(c, c)));
-      if (el.dataset.dirty && (o.choices || []).includes(chosen)) el.value = chosen;
+      if (kept && (o.choices || []).includes(chosen)) el.value = chosen;
     } else {
       if (o.min !== undefined) el.min = o.min;
       if (o.max !== undefined) el.max = o.max;
       if (o.maxLength !== undefined) el.maxLength = o.maxLength;
     }
-    if (!el.dataset.dirty && o.default !== undefined && o.default !== null) el.value = o.default;
+    if (!kept && o.default !== undefined && o.default !== null) el.value = o.default;
   }
 }
