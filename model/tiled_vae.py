@@ -415,6 +415,27 @@ def _needs_tiles(height: int, width: int, tile: int, pad: int) -> bool:
     return max(height, width) > 2 * pad + tile
 
 
+def _run_stage(
+    module: nn.Module,
+    ops_of: Callable[[nn.Module], list[_Op]],
+    x: torch.Tensor,
+    tile: int,
+    pad: int,
+    scale: Callable[[int], int],
+    offload: torch.device | str | None,
+    dtype: torch.dtype,
+    batch: int,
+    keep_bytes: int | None,
+) -> torch.Tensor:
+    """The encoder's or decoder's forward: whole when `x` fits one padded tile, else tiled by `run_tiled`."""
+    h, w = x.shape[-2:]
+    if not _needs_tiles(h, w, tile, pad):
+        return module(x)
+    tiles = split_tiles(h, w, tile, pad, scale)
+    offload = offload if offload is not None else _default_offload(x.device)
+    return run_tiled(ops_of(module), x, tiles, scale, offload, batch=batch, keep_bytes=keep_bytes).to(dtype)
+
+
 def encoder_tiled_gn(
     vae: VAE,
     img: torch.Tensor,
@@ -431,16 +452,10 @@ def encoder_tiled_gn(
     d = vae.downscale
     if img.ndim != 4 or img.shape[1] != 3 or img.shape[-2] % d or img.shape[-1] % d:
         raise InvalidInputError(f"encode_tiled_gn: expected an image [B,3,H,W] with H, W multiples of {d}")
-    encoder = vae.autoencoder.encoder
     img = img.to(vae.dtype)
-    h, w = img.shape[-2:]
-    if not _needs_tiles(h, w, tile, ENCODER_PAD):
-        return encoder(img)
-    tiles = split_tiles(h, w, tile, ENCODER_PAD, lambda v: v // d)
-    offload = offload if offload is not None else _default_offload(img.device)
-    ops = encoder_ops(encoder)
-    return run_tiled(ops, img, tiles, lambda v: v // d, offload, batch=batch, keep_bytes=keep_bytes).to(
-        vae.dtype
+    encoder = vae.autoencoder.encoder
+    return _run_stage(
+        encoder, encoder_ops, img, tile, ENCODER_PAD, lambda v: v // d, offload, vae.dtype, batch, keep_bytes
     )
 
 
@@ -494,15 +509,9 @@ def decode_tiled_gn(
     z = z.to(vae.dtype) / vae.scale_factor
     if ae.post_quant_conv is not None:
         z = ae.post_quant_conv(z)
-    h, w = z.shape[-2:]
-    if not _needs_tiles(h, w, tile, DECODER_PAD):
-        return ae.decoder(z)
     d = vae.downscale
-    tiles = split_tiles(h, w, tile, DECODER_PAD, lambda v: v * d)
-    offload = offload if offload is not None else _default_offload(z.device)
-    ops = decoder_ops(ae.decoder)
-    return run_tiled(ops, z, tiles, lambda v: v * d, offload, batch=batch, keep_bytes=keep_bytes).to(
-        vae.dtype
+    return _run_stage(
+        ae.decoder, decoder_ops, z, tile, DECODER_PAD, lambda v: v * d, offload, vae.dtype, batch, keep_bytes
     )
 
 
